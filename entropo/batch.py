@@ -1,0 +1,103 @@
+"""The Batch: the tensors every stage of the RL loop reads and writes.
+
+One Batch holds B trajectories padded to length L. Prompt and response share one row (left-padded prompt, then the
+response), so ``input_ids[:, t]`` is scored by the policy with the prefix ``input_ids[:, :t]``. Per-token tensors are
+aligned on the token itself: ``old_logprobs[b, t] = log pi_old(input_ids[b, t] | input_ids[b, :t])``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class Batch:
+    input_ids: Tensor  # [B, L] long
+    attention_mask: Tensor  # [B, L] long/bool; 1 on real tokens (prompt + response), 0 on padding
+    response_mask: Tensor  # [B, L] float; 1 where the policy wrote the token; 0 on prompt, padding, tool output
+    rewards: Tensor  # [B] float; outcome reward per trajectory
+    group_ids: Tensor  # [B] long; samples of the same prompt share an id
+    old_logprobs: Tensor | None = None  # [B, L] log-probs of the policy that is being updated, before the update
+    ref_logprobs: Tensor | None = None  # [B, L] frozen reference model log-probs (only when a KL term needs them)
+    advantages: Tensor | None = None  # [B, L] zero outside response_mask
+    token_weights: Tensor | None = None  # [B, L] starts = response_mask; selection/reweighting multiply into it
+    token_rewards: Tensor | None = None  # [B, L] dense or turn-level rewards (e.g. KL-in-reward penalty)
+    turn_ids: Tensor | None = None  # [B, L] long; turn index of each token in multi-turn rollouts
+    old_entropy: Tensor | None = None  # [B, L] entropy of the policy before the update (detached)
+    behaviour_logprobs: Tensor | None = None  # [B, L] log-probs recorded by the rollout engine while sampling
+    info: dict[str, Any] = field(default_factory=dict)  # per-sample lists (task, answer, text, truncated, ...)
+
+    def __post_init__(self) -> None:
+        if self.token_weights is None:
+            self.token_weights = self.response_mask.clone().float()
+
+    # ---- shape helpers -------------------------------------------------------------------------------------------
+    @property
+    def size(self) -> int:
+        return int(self.input_ids.shape[0])
+
+    def __len__(self) -> int:
+        return self.size
+
+    @property
+    def response_lengths(self) -> Tensor:
+        """[B] number of policy-written tokens per trajectory."""
+        return self.response_mask.sum(-1)
+
+    def returns(self) -> Tensor:
+        """[B] outcome reward plus the sum of any dense token rewards (what outcome-level estimators use)."""
+        if self.token_rewards is None:
+            return self.rewards
+        return self.rewards + (self.token_rewards * self.response_mask).sum(-1)
+
+    def _map(self, fn_tensor, fn_list) -> "Batch":
+        kw = {}
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if f.name == "info":
+                kw["info"] = {k: fn_list(x) for k, x in v.items()}
+            elif isinstance(v, Tensor):
+                kw[f.name] = fn_tensor(v)
+            else:
+                kw[f.name] = v
+        return Batch(**kw)
+
+    def select(self, index: Tensor | list[int]) -> "Batch":
+        """Rows ``index`` (in that order) as a new Batch; info lists are indexed the same way."""
+        idx = torch.as_tensor(index, dtype=torch.long)
+        ids = idx.tolist()
+        return self._map(lambda t: t[idx], lambda xs: [xs[i] for i in ids])
+
+    def to(self, device: torch.device | str) -> "Batch":
+        return self._map(lambda t: t.to(device), lambda xs: xs)
+
+    def split(self, micro_batch_size: int) -> list["Batch"]:
+        """Consecutive chunks of at most ``micro_batch_size`` rows."""
+        return [self.select(list(range(i, min(i + micro_batch_size, self.size)))) for i in range(0, self.size, micro_batch_size)]
+
+    @staticmethod
+    def concat(batches: list["Batch"]) -> "Batch":
+        """Stack batches row-wise, right-padding the shorter ones (pad id 0, masks 0)."""
+        if len(batches) == 1:
+            return batches[0]
+        width = max(b.input_ids.shape[1] for b in batches)
+        kw: dict[str, Any] = {}
+        for f in dataclasses.fields(Batch):
+            vals = [getattr(b, f.name) for b in batches]
+            if f.name == "info":
+                keys = set().union(*[v.keys() for v in vals])
+                kw["info"] = {k: sum((list(v.get(k, [None] * b.size)) for v, b in zip(vals, batches)), []) for k in keys}
+            elif all(v is None for v in vals):
+                kw[f.name] = None
+            elif any(v is None for v in vals):
+                raise ValueError(f"cannot concat batches: field {f.name!r} is set in some batches and None in others")
+            elif vals[0].dim() == 2:
+                kw[f.name] = torch.cat([torch.nn.functional.pad(v, (0, width - v.shape[1])) for v in vals])
+            else:
+                kw[f.name] = torch.cat(vals)
+        return Batch(**kw)

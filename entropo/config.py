@@ -1,0 +1,380 @@
+"""Typed recipe configuration: pydantic models, YAML loading, ``--set a.b=c`` overrides, readable errors.
+
+The config is the documentation: every field has a description, and ``entropo.config.Recipe.model_json_schema()``
+lists them all. Unknown keys are rejected; component names (advantage, objective, ...) are checked against the
+registry, and their ``params`` against the component's signature, so a typo fails before any model is loaded.
+"""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from entropo import registry
+
+AggregationMode = Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"]
+
+
+class ConfigError(ValueError):
+    """A recipe problem, with the dotted field path and what is allowed."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class Component(_Section):
+    """A registered component chosen by name, with keyword parameters passed to it."""
+
+    name: str = Field(description="Registered name (see `entropo recipes --components`).")
+    params: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments of the component.")
+
+
+class RewardSpec(Component):
+    """One term of the (weighted-sum) reward."""
+
+    weight: float = Field(1.0, description="Weight of this reward in the sum.")
+
+
+class ControllerSpec(Component):
+    """A stateful controller that sets a coefficient each step (e.g. adaptive entropy coefficient)."""
+
+
+class RegularizerSpec(Component):
+    """An extra loss term: total loss += coef * aggregate(term)."""
+
+    coef: float = Field(0.0, description="Coefficient of the term (ignored when a controller sets it).")
+    controller: ControllerSpec | None = Field(None, description="Optional controller that updates `coef` each step.")
+
+
+class ModelConfig(_Section):
+    name_or_path: str = Field(
+        "tiny",
+        description="'tiny' (built-in random char-level Llama), a cached alias such as 'smollm2-135m-instruct' "
+        "(`entropo models pull`), a local HF directory, a .gguf file, or a hub id.",
+    )
+    gguf_file: str | None = Field(None, description="GGUF file name inside `name_or_path` when it is a directory.")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="Weights dtype. Use float32 on CPU (bf16 autocast on CPU is ~24x slower)."
+    )
+    tiny: dict[str, Any] = Field(
+        default_factory=dict, description="Keyword arguments of entropo.models.tiny() when name_or_path='tiny'."
+    )
+    reference: str | None = Field(
+        None, description="Reference model for KL terms; None = a frozen copy of the initial policy."
+    )
+
+
+class WarmupConfig(_Section):
+    """Optional supervised warm-up on the task's gold completions before RL (a random tiny model earns no reward)."""
+
+    steps: int = Field(0, ge=0, description="SFT optimizer steps (0 = no warm-up).")
+    batch_size: int = Field(32, ge=1, description="Examples per SFT step.")
+    lr: float = Field(3e-3, gt=0, description="SFT learning rate (AdamW).")
+    task: Component | None = Field(None, description="Task to warm up on; None = the RL task.")
+
+
+class TaskConfig(Component):
+    eval_size: int = Field(64, ge=1, description="Held-out prompts (split by seed) used for accuracy reports.")
+
+
+class RolloutConfig(_Section):
+    engine: str = Field("hf", description="Rollout engine (registry kind 'engine').")
+    prompts_per_step: int = Field(8, ge=1, description="Prompt groups per RL step (after selection refills).")
+    n: int = Field(4, ge=1, description="Completions sampled per prompt (the group size G).")
+    temperature: float = Field(1.0, ge=0, description="Sampling temperature; training log-probs use the same T.")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling threshold.")
+    max_new_tokens: int = Field(32, ge=1, description="Maximum response length in tokens.")
+    stop: list[str] = Field(default_factory=list, description="Stop strings; the response ends after one.")
+    chat_template: bool | Literal["auto"] = Field(
+        "auto", description="'auto': apply the chat template to message prompts, use strings as is."
+    )
+    max_tries: int = Field(
+        1, ge=1, description="Rollout rounds per step: selection (e.g. dynamic_sampling) refills from new prompts "
+        "until prompts_per_step groups are kept or this many rounds ran."
+    )
+    max_batch_size: int = Field(64, ge=1, description="Rows generated at once by the engine.")
+
+
+class AggregationConfig(_Section):
+    mode: AggregationMode = Field("token-mean", description="How per-token losses become one scalar (DESIGN.md).")
+    norm_length: int | None = Field(
+        None, description="Constant length for seq-mean-token-sum-norm (Dr.GRPO); None = rollout.max_new_tokens."
+    )
+
+
+class TrainConfig(_Section):
+    steps: int = Field(50, ge=0, description="RL steps (one rollout batch and its updates per step).")
+    ppo_epochs: int = Field(1, ge=1, description="Passes over each rollout batch.")
+    mini_batches: int = Field(1, ge=1, description="Optimizer steps per epoch (the rollout batch is split).")
+    micro_batch_size: int = Field(32, ge=1, description="Rows per forward/backward (gradient accumulation).")
+    grad_clip: float | None = Field(1.0, description="Max global grad norm (None = no clipping).")
+    logprob_chunk_size: int = Field(1024, ge=1, description="Tokens per chunk in the log-prob/entropy pass.")
+
+
+class OptimizerConfig(_Section):
+    lr: float = Field(1e-6, gt=0, description="Peak learning rate (AdamW).")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas.")
+    eps: float = Field(1e-8, gt=0, description="AdamW epsilon.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW decoupled weight decay.")
+    schedule: Literal["constant", "linear", "cosine"] = Field("constant", description="LR schedule after warm-up.")
+    warmup_steps: int = Field(0, ge=0, description="Linear LR warm-up steps.")
+    min_lr_ratio: float = Field(0.0, ge=0, le=1, description="Final LR as a fraction of `lr` (linear/cosine).")
+
+
+class EvalConfig(_Section):
+    every: int = Field(0, ge=0, description="Evaluate on held-out prompts every this many steps (0 = start/end only).")
+    n: int = Field(1, ge=1, description="Samples per prompt for pass@k (1 with temperature 0 = greedy pass@1).")
+    k: list[int] = Field(default_factory=lambda: [1], description="k values reported as pass@k (each <= n).")
+    temperature: float = Field(0.0, ge=0, description="Eval sampling temperature (0 = greedy).")
+    max_prompts: int | None = Field(None, description="Use at most this many held-out prompts.")
+
+    @model_validator(mode="after")
+    def _k_le_n(self) -> "EvalConfig":
+        bad = [k for k in self.k if k < 1 or k > self.n]
+        if bad:
+            raise ValueError(f"eval.k values must be between 1 and eval.n={self.n}; got {bad}")
+        return self
+
+
+class LoggingConfig(_Section):
+    output_dir: str = Field("runs", description="Parent directory of run directories.")
+    run_name: str | None = Field(None, description="Run directory name; None = the recipe name.")
+    tensorboard: bool = Field(True, description="Write TensorBoard event files under RUN/tensorboard.")
+    wandb: bool = Field(False, description="Log to Weights & Biases (only if installed).")
+    mlflow: bool = Field(False, description="Log to MLflow (only if installed).")
+    progress: bool = Field(True, description="Show a live progress bar.")
+    plots: bool = Field(True, description="Write PNG curves at the end of the run.")
+
+
+class CheckpointConfig(_Section):
+    every: int = Field(10, ge=0, description="Checkpoint every this many steps (0 = only at the end).")
+    keep: int = Field(2, ge=1, description="How many recent checkpoints to keep.")
+
+
+class Recipe(_Section):
+    """One RL run, start to finish."""
+
+    name: str = Field("run", description="Recipe name (default run directory name).")
+    paper: str | None = Field(None, description="Title and arXiv id of the paper the recipe implements.")
+    description: str | None = Field(None, description="One line about what the recipe does.")
+    seed: int = Field(0, description="Seeds model init, data order, sampling and every random choice.")
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    warmup: WarmupConfig = Field(default_factory=WarmupConfig)
+    task: TaskConfig = Field(default_factory=lambda: TaskConfig(name="arithmetic"))
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
+    rewards: list[RewardSpec] = Field(
+        default_factory=lambda: [RewardSpec(name="correct")], description="Weighted-sum reward terms."
+    )
+    reward_timeout_s: float = Field(5.0, gt=0, description="Per-sample time limit of each reward function.")
+    advantage: Component = Field(default_factory=lambda: Component(name="grpo"))
+    shaping: list[Component] = Field(default_factory=list, description="Reward/advantage shaping, in order.")
+    selection: list[Component] = Field(default_factory=list, description="Sample filters (e.g. dynamic_sampling).")
+    objective: Component = Field(default_factory=lambda: Component(name="ppo_clip"))
+    regularizers: list[RegularizerSpec] = Field(default_factory=list, description="Extra loss terms.")
+    aggregation: AggregationConfig = Field(default_factory=AggregationConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, v: str) -> str:
+        if not v or "/" in v or v.startswith("."):
+            raise ValueError("name must be a plain file name (no '/')")
+        return v
+
+    def needs_reference(self) -> bool:
+        """True when some active component declares ``needs_ref`` (then a frozen reference model is loaded)."""
+        for spec in self.regularizers:
+            if registry.meta("regularizer", spec.name).get("needs_ref") and (spec.coef != 0 or spec.controller):
+                return True
+        return any(registry.meta("shaping", s.name).get("needs_ref") for s in self.shaping)
+
+
+# ---- component-name and params checks -------------------------------------------------------------------------------
+
+def _check_component(kind: str, comp: Component, where: str, skip_params: tuple[str, ...] = ()) -> None:
+    allowed = registry.names(kind)
+    if comp.name not in allowed:
+        raise ConfigError(f"{where}.name: unknown {kind} {comp.name!r}. Allowed: {', '.join(allowed)}")
+    fn = registry.get(kind, comp.name)
+    target = fn.__init__ if inspect.isclass(fn) else fn
+    sig = inspect.signature(target)
+    if any(p.kind == p.VAR_KEYWORD for p in sig.parameters.values()):
+        return
+    accepted = [
+        n for n, p in sig.parameters.items()
+        if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and n not in ("self",) + skip_params
+    ]
+    unknown = [k for k in comp.params if k not in accepted]
+    if unknown:
+        raise ConfigError(
+            f"{where}.params: unknown parameter(s) {', '.join(map(repr, unknown))} for {kind} {comp.name!r}. "
+            f"Allowed: {', '.join(accepted) or '(none)'}"
+        )
+
+
+# First positional arguments of each kind's signature are data, not params.
+_DATA_ARGS = {
+    "advantage": ("batch",),
+    "objective": ("logprobs", "old_logprobs", "advantages", "mask"),
+    "regularizer": ("ctx",),
+    "selection": ("batch",),
+    "shaping": ("batch",),
+    "reward": ("sample",),
+    "task": ("seed", "eval_size"),
+    "controller": (),
+}
+
+
+def check_components(recipe: Recipe) -> None:
+    """Check every named component exists and its params match its signature; raise ConfigError otherwise."""
+    c = _check_component
+    c("task", recipe.task, "task", _DATA_ARGS["task"])
+    if recipe.warmup.task is not None:
+        c("task", recipe.warmup.task, "warmup.task", _DATA_ARGS["task"])
+    if recipe.rollout.engine not in registry.names("engine"):
+        raise ConfigError(
+            f"rollout.engine: unknown engine {recipe.rollout.engine!r}. Allowed: {', '.join(registry.names('engine'))}"
+        )
+    for i, r in enumerate(recipe.rewards):
+        c("reward", r, f"rewards.{i}", _DATA_ARGS["reward"])
+    c("advantage", recipe.advantage, "advantage", _DATA_ARGS["advantage"])
+    for i, s in enumerate(recipe.shaping):
+        c("shaping", s, f"shaping.{i}", _DATA_ARGS["shaping"])
+    for i, s in enumerate(recipe.selection):
+        c("selection", s, f"selection.{i}", _DATA_ARGS["selection"])
+    c("objective", recipe.objective, "objective", _DATA_ARGS["objective"])
+    for i, r in enumerate(recipe.regularizers):
+        c("regularizer", r, f"regularizers.{i}", _DATA_ARGS["regularizer"])
+        if r.controller is not None:
+            c("controller", r.controller, f"regularizers.{i}.controller", _DATA_ARGS["controller"])
+    if not recipe.rewards:
+        raise ConfigError("rewards: at least one reward is needed, e.g. [{name: correct}]")
+
+
+# ---- loading ----------------------------------------------------------------------------------------------------
+
+def _fmt_loc(loc: tuple[Any, ...]) -> str:
+    return ".".join(str(p) for p in loc) or "(top level)"
+
+
+def _format_validation_error(err: ValidationError, source: str) -> str:
+    lines = [f"invalid recipe {source}:"]
+    for e in err.errors():
+        loc = _fmt_loc(e["loc"])
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            parent = e["loc"][:-1]
+            model: Any = Recipe
+            for p in parent:
+                f = model.model_fields.get(p) if isinstance(p, str) and hasattr(model, "model_fields") else None
+                ann = getattr(f, "annotation", None) if f else None
+                model = ann if inspect.isclass(ann) and issubclass(ann, BaseModel) else None
+                if model is None:
+                    break
+            allowed = ", ".join(model.model_fields) if model is not None else "see the docs"
+            msg = f"unknown field. Allowed here: {allowed}"
+        elif e["type"] == "literal_error":
+            msg = f"{msg} (got {e.get('input')!r})"
+        elif e["type"] == "missing":
+            msg = "field required"
+        else:
+            msg = f"{msg} (got {e.get('input')!r})"
+        lines.append(f"  {loc}: {msg}")
+    return "\n".join(lines)
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """'a.b.c=value' -> (['a','b','c'], yaml-parsed value)."""
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: expected KEY=VALUE with a dotted key, e.g. optimizer.lr=1e-5")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    if not key or any(not p for p in key.split(".")):
+        raise ConfigError(f"--set {item!r}: empty key part; use a dotted path like objective.params.clip_high")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--set {item!r}: value is not valid YAML ({e.__class__.__name__})") from None
+    return key.split("."), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply dotted overrides to a raw recipe dict (list items addressed by index, e.g. rewards.0.weight=2)."""
+    for item in overrides:
+        path, value = parse_override(item)
+        node: Any = data
+        for i, part in enumerate(path[:-1]):
+            here = ".".join(path[: i + 1])
+            if isinstance(node, list):
+                if not part.isdigit() or int(part) >= len(node):
+                    raise ConfigError(f"--set {item}: {here} is not an index of a list of {len(node)} items")
+                node = node[int(part)]
+            else:
+                if part not in node or node[part] is None:
+                    node[part] = {}
+                node = node[part]
+                if not isinstance(node, (dict, list)):
+                    raise ConfigError(f"--set {item}: {here} is a value, not a section")
+        last = path[-1]
+        if isinstance(node, list):
+            if not last.isdigit() or int(last) >= len(node):
+                raise ConfigError(f"--set {item}: {'.'.join(path)} is not an index of a list of {len(node)} items")
+            node[int(last)] = value
+        else:
+            node[last] = value
+    return data
+
+
+def _defaults_dict() -> dict[str, Any]:
+    return Recipe().model_dump(mode="json", exclude_defaults=False)
+
+
+def load_recipe(path: str | Path | None = None, overrides: list[str] | None = None, check: bool = True) -> Recipe:
+    """Load a recipe YAML (None = built-in defaults), apply ``--set`` overrides, validate everything."""
+    source = str(path) if path else "(defaults)"
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.exists():
+            raise ConfigError(f"recipe file not found: {p}. List the shipped recipes with `entropo recipes`.")
+        try:
+            loaded = yaml.safe_load(p.read_text())
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            raise ConfigError(f"{p}: invalid YAML{where}: {getattr(e, 'problem', e)}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{p}: a recipe must be a YAML mapping (key: value), got {type(loaded).__name__}")
+        data = loaded
+        data.setdefault("name", p.stem)
+    if overrides:
+        # Overrides may address fields the file leaves at their defaults (e.g. regularizers.0.coef): merge defaults
+        # for list-valued sections only when the path needs them.
+        base = _defaults_dict()
+        for item in overrides:
+            head = parse_override(item)[0][0]
+            if head not in data and head in base:
+                data[head] = base[head]
+        data = apply_overrides(data, overrides)
+    try:
+        recipe = Recipe.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_format_validation_error(e, source)) from None
+    if check:
+        check_components(recipe)
+    return recipe
+
+
+def dump_recipe(recipe: Recipe) -> str:
+    return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)

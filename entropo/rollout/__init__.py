@@ -1,0 +1,6 @@
+"""Rollout engines: turn prompts into sampled completions laid out for a Batch. Importing this package registers the
+built-in engines (``("engine", "hf")``: in-process Hugging Face sampling with a KV cache)."""
+
+from entropo.rollout.hf import HFEngine
+
+__all__ = ["HFEngine"]

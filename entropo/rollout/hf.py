@@ -1,0 +1,302 @@
+"""The embedded rollout engine: batched sampling from a Hugging Face causal LM with a KV cache.
+
+``HFEngine.generate`` runs its own decoding loop rather than ``model.generate`` so that
+  - all randomness comes from the ``torch.Generator`` passed in (deterministic and resumable; the global RNG is
+    never touched);
+  - the log-prob and entropy of each generated token under the *sampling* distribution (after temperature and
+    top-p) are recorded as it is sampled, at O(B) memory per step (no ``[steps, B, V]`` score storage);
+  - EOS, stop strings and the token budget end rows individually, and the result is laid out exactly as the
+    ``Batch`` expects (left-padded prompt, response, right padding).
+
+Prompt formatting (``chat_template``): ``"auto"`` applies the tokenizer's chat template (with the generation
+prompt) to prompts given as message lists and uses plain-string prompts verbatim; ``True`` also wraps plain strings
+as a single user message; ``False`` never applies a template (message lists are then rejected).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from entropo.registry import register
+from entropo.types import RolloutOutput
+
+
+def _eos_token_ids(model, tokenizer) -> list[int]:
+    """EOS ids from the tokenizer and the model's generation config (chat models often end turns on a second id)."""
+    ids: set[int] = set()
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    gen = getattr(model, "generation_config", None)
+    gen_eos = getattr(gen, "eos_token_id", None) if gen is not None else None
+    if isinstance(gen_eos, int):
+        ids.add(gen_eos)
+    elif gen_eos is not None:
+        ids.update(int(i) for i in gen_eos)
+    return sorted(ids)
+
+
+def _max_positions(model) -> int | None:
+    cfg = model.config
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(cfg, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def _sample_step(next_logits: Tensor, temperature: float, top_p: float,
+                 generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
+    """Sample one token per row from ``next_logits [B, V]``.
+
+    Returns ``(token_ids [B], logprob [B], entropy [B])``; log-prob and entropy are those of the distribution
+    actually sampled from (after temperature and top-p). Greedy (temperature 0) is a point mass: both are 0.
+    """
+    if temperature == 0:
+        token_ids = next_logits.argmax(-1)
+        zeros = torch.zeros(token_ids.shape, dtype=torch.float32, device=next_logits.device)
+        return token_ids, zeros, zeros.clone()
+    scaled = next_logits.float()
+    if temperature != 1.0:
+        scaled = scaled / temperature
+    if top_p < 1.0:
+        # Nucleus: keep the smallest set of most likely tokens whose mass reaches top_p (always the top token).
+        sorted_logits, sorted_ids = scaled.sort(dim=-1, descending=True)
+        sorted_probs = sorted_logits.softmax(-1)
+        mass_before = sorted_probs.cumsum(-1) - sorted_probs
+        drop_sorted = mass_before >= top_p
+        drop_sorted[:, 0] = False
+        drop = torch.zeros_like(drop_sorted).scatter(-1, sorted_ids, drop_sorted)
+        scaled = scaled.masked_fill(drop, float("-inf"))
+    logprobs = torch.log_softmax(scaled, dim=-1)  # [B, V]
+    probs = logprobs.exp()
+    token_ids = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    token_logprob = logprobs.gather(-1, token_ids[:, None]).squeeze(-1)
+    # 0 * log 0 = 0 for tokens removed by top-p (their log-prob is -inf).
+    entropy = -(probs * logprobs.masked_fill(probs == 0, 0.0)).sum(-1)
+    return token_ids, token_logprob, entropy
+
+
+@register("engine", "hf")
+class HFEngine:
+    """Batched sampling from an in-process Hugging Face causal LM.
+
+    ``max_batch_size`` bounds how many rows (prompt x sample) decode together, which bounds the KV-cache memory.
+    """
+
+    def __init__(self, model, tokenizer, *, chat_template: str | bool = "auto", max_batch_size: int = 64):
+        if chat_template not in ("auto", True, False):
+            raise ValueError(f"chat_template must be 'auto', True or False, got {chat_template!r}")
+        if max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.chat_template = chat_template
+        self.max_batch_size = max_batch_size
+        self.eos_token_ids = _eos_token_ids(model, tokenizer)
+        pad = tokenizer.pad_token_id
+        self.pad_token_id = int(pad if pad is not None else (self.eos_token_ids[0] if self.eos_token_ids else 0))
+
+    # ---- prompts -------------------------------------------------------------------------------------------------
+    def format_prompt(self, prompt: str | list[dict]) -> str:
+        """The exact text fed to the model for ``prompt`` (see the module docstring for the template rules)."""
+        if isinstance(prompt, str):
+            if self.chat_template is True:
+                prompt = [{"role": "user", "content": prompt}]
+            else:
+                return prompt
+        if self.chat_template is False:
+            raise ValueError("chat_template=False but a prompt is a list of messages; pass plain strings instead")
+        if getattr(self.tokenizer, "chat_template", None) is None:
+            raise ValueError("a prompt is a list of messages but the tokenizer has no chat template")
+        return self.tokenizer.apply_chat_template(list(prompt), tokenize=False, add_generation_prompt=True)
+
+    def encode_prompt(self, prompt: str | list[dict]) -> list[int]:
+        # Chat templates already contain any BOS they want; plain strings get the tokenizer's usual specials.
+        text = self.format_prompt(prompt)
+        add_special = not (isinstance(prompt, list) or self.chat_template is True)
+        return self.tokenizer(text, add_special_tokens=add_special)["input_ids"]
+
+    # ---- generation ----------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(
+        self,
+        prompts: Sequence[str | list[dict]],
+        n: int,
+        *,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        max_new_tokens: int = 64,
+        stop: Sequence[str] = (),
+        generator: torch.Generator | None = None,
+    ) -> RolloutOutput:
+        """Sample ``n`` completions for each prompt; rows are prompt-major (prompt 0's ``n`` samples first).
+
+        ``temperature=0`` decodes greedily. A row ends at an EOS token (kept, ``response_mask`` 1), at the token
+        that completes any string of ``stop`` (kept; later tokens are dropped), or after ``max_new_tokens``.
+        Without a ``generator`` one is seeded from the global torch RNG (reproducible under ``torch.manual_seed``).
+        """
+        if n < 1:
+            raise ValueError(f"n must be >= 1, got {n}")
+        if temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {temperature}")
+        if not 0 < top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        if isinstance(stop, str):
+            stop = [stop]
+        stop = [s for s in stop if s]
+        device = next(self.model.parameters()).device
+        if generator is None:
+            generator = torch.Generator(device=device)
+            generator.manual_seed(int(torch.randint(0, 2**62, (1,)).item()))
+
+        prompt_token_ids = [self.encode_prompt(p) for p in prompts]
+        longest_prompt = max((len(p) for p in prompt_token_ids), default=0)
+        if any(len(p) == 0 for p in prompt_token_ids):
+            raise ValueError("a prompt encodes to zero tokens; give every prompt some text")
+        max_positions = _max_positions(self.model)
+        if max_positions is not None and longest_prompt + max_new_tokens > max_positions:
+            worst = max(range(len(prompts)), key=lambda i: len(prompt_token_ids[i]))
+            raise ValueError(
+                f"prompt {worst} has {longest_prompt} tokens; with max_new_tokens={max_new_tokens} that exceeds the "
+                f"model's {max_positions} positions. Shorten the prompt or lower max_new_tokens."
+            )
+
+        row_prompt_index = [i for i in range(len(prompts)) for _ in range(n)]
+        responses: list[list[int]] = []
+        response_logprobs: list[Tensor] = []
+        response_entropies: list[Tensor] = []
+        finish_reasons: list[str] = []
+        for start in range(0, len(row_prompt_index), self.max_batch_size):
+            rows = row_prompt_index[start:start + self.max_batch_size]
+            out = self._generate_micro_batch([prompt_token_ids[i] for i in rows], temperature, top_p,
+                                             max_new_tokens, stop, generator, device)
+            responses += out[0]
+            response_logprobs += out[1]
+            response_entropies += out[2]
+            finish_reasons += out[3]
+
+        return self._assemble(prompt_token_ids, row_prompt_index, responses, response_logprobs,
+                              response_entropies, finish_reasons)
+
+    def _generate_micro_batch(self, row_prompts: list[list[int]], temperature: float, top_p: float,
+                              max_new_tokens: int, stop: list[str], generator: torch.Generator, device):
+        """Decode one micro-batch; returns per row: response ids, their log-probs [T], entropies [T], finish reason."""
+        from transformers import DynamicCache
+
+        num_rows = len(row_prompts)
+        prompt_width = max(len(p) for p in row_prompts)
+        prompt_ids = torch.full((num_rows, prompt_width), self.pad_token_id, dtype=torch.long)
+        prompt_attention = torch.zeros((num_rows, prompt_width), dtype=torch.long)
+        for r, ids in enumerate(row_prompts):
+            prompt_ids[r, prompt_width - len(ids):] = torch.tensor(ids, dtype=torch.long)
+            prompt_attention[r, prompt_width - len(ids):] = 1
+        prompt_ids, prompt_attention = prompt_ids.to(device), prompt_attention.to(device)
+
+        # Attention mask for prompt + all steps, filled as we go (0 after a row finished, so its pads are ignored).
+        attention = torch.zeros((num_rows, prompt_width + max_new_tokens), dtype=torch.long, device=device)
+        attention[:, :prompt_width] = prompt_attention
+        next_position = prompt_attention.sum(-1)  # [rows] position id of the next token (left padding skipped)
+        eos_ids = torch.tensor(self.eos_token_ids or [-1], dtype=torch.long, device=device)
+
+        cache = DynamicCache(config=self.model.config)
+        out = self.model(
+            input_ids=prompt_ids,
+            attention_mask=prompt_attention,
+            position_ids=(prompt_attention.cumsum(-1) - 1).clamp(min=0),
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        next_logits = out.logits[:, -1, :]
+
+        step_token_ids = torch.full((num_rows, max_new_tokens), self.pad_token_id, dtype=torch.long, device=device)
+        step_logprobs = torch.zeros((num_rows, max_new_tokens), dtype=torch.float32, device=device)
+        step_entropies = torch.zeros((num_rows, max_new_tokens), dtype=torch.float32, device=device)
+        active = torch.ones(num_rows, dtype=torch.bool, device=device)
+        lengths = torch.zeros(num_rows, dtype=torch.long, device=device)
+        reasons = ["length"] * num_rows
+        stop_window = max((len(s) for s in stop), default=0) + 8  # tokens to decode when checking stop strings
+        steps_run = 0
+        for step in range(max_new_tokens):
+            token_ids, token_logprob, entropy = _sample_step(next_logits, temperature, top_p, generator)
+            token_ids = torch.where(active, token_ids, self.pad_token_id)
+            step_token_ids[:, step] = token_ids
+            step_logprobs[:, step] = torch.where(active, token_logprob, 0.0)
+            step_entropies[:, step] = torch.where(active, entropy, 0.0)
+            attention[:, prompt_width + step] = active.long()
+            lengths += active.long()
+            steps_run = step + 1
+
+            hit_eos = active & torch.isin(token_ids, eos_ids)
+            if hit_eos.any():
+                for r in hit_eos.nonzero().flatten().tolist():
+                    reasons[r] = "eos"
+            still_active = active & ~hit_eos
+            if stop and still_active.any():
+                # Only the recent tokens can complete a stop string that was not complete a step earlier.
+                lo = max(0, step + 1 - stop_window)
+                recent = step_token_ids[:, lo:step + 1].tolist()
+                for r in still_active.nonzero().flatten().tolist():
+                    text = self.tokenizer.decode(recent[r][: int(lengths[r]) - lo], skip_special_tokens=False)
+                    if any(s in text for s in stop):
+                        reasons[r] = "stop"
+                        still_active[r] = False
+            active = still_active
+            if not active.any() or step == max_new_tokens - 1:
+                break
+            out = self.model(
+                input_ids=token_ids[:, None],
+                attention_mask=attention[:, : prompt_width + step + 1],
+                position_ids=next_position[:, None],
+                past_key_values=cache,
+                use_cache=True,
+            )
+            next_position = next_position + 1
+            next_logits = out.logits[:, -1, :]
+
+        token_rows = step_token_ids[:, :steps_run].tolist()
+        length_list = lengths.tolist()
+        responses = [token_rows[r][: length_list[r]] for r in range(num_rows)]
+        logprob_rows = [step_logprobs[r, : length_list[r]].cpu() for r in range(num_rows)]
+        entropy_rows = [step_entropies[r, : length_list[r]].cpu() for r in range(num_rows)]
+        return responses, logprob_rows, entropy_rows, reasons
+
+    def _assemble(self, prompt_token_ids, row_prompt_index, responses, response_logprobs, response_entropies,
+                  finish_reasons) -> RolloutOutput:
+        """Lay rows out as [left padding | prompt | response | right padding], width = the longest row."""
+        num_rows = len(row_prompt_index)
+        prompt_width = max(len(prompt_token_ids[i]) for i in row_prompt_index)
+        response_width = max((len(r) for r in responses), default=0)
+        width = prompt_width + response_width
+        input_ids = torch.full((num_rows, width), self.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((num_rows, width), dtype=torch.long)
+        response_mask = torch.zeros((num_rows, width), dtype=torch.float32)
+        behaviour_logprobs = torch.zeros((num_rows, width), dtype=torch.float32)
+        behaviour_entropy = torch.zeros((num_rows, width), dtype=torch.float32)
+        for r, p in enumerate(row_prompt_index):
+            prompt = prompt_token_ids[p]
+            input_ids[r, prompt_width - len(prompt): prompt_width] = torch.tensor(prompt, dtype=torch.long)
+            attention_mask[r, prompt_width - len(prompt): prompt_width] = 1
+            end = prompt_width + len(responses[r])
+            if responses[r]:
+                input_ids[r, prompt_width:end] = torch.tensor(responses[r], dtype=torch.long)
+            attention_mask[r, prompt_width:end] = 1
+            response_mask[r, prompt_width:end] = 1.0
+            behaviour_logprobs[r, prompt_width:end] = response_logprobs[r]
+            behaviour_entropy[r, prompt_width:end] = response_entropies[r]
+        return RolloutOutput(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            response_mask=response_mask,
+            behaviour_logprobs=behaviour_logprobs,
+            behaviour_entropy=behaviour_entropy,
+            prompt_index=torch.tensor(row_prompt_index, dtype=torch.long),
+            completions=self.tokenizer.batch_decode(responses, skip_special_tokens=True),
+            num_tokens=[len(r) for r in responses],
+            finish_reasons=list(finish_reasons),
+        )

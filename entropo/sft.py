@@ -1,0 +1,55 @@
+"""Supervised warm-up on a task's gold completions, run before RL when ``warmup.steps > 0``.
+
+A randomly initialised model earns zero reward on every task, so group-relative RL has nothing to learn from; a few
+seconds of SFT on the task's ``Example.target`` gives the tiny demo model a policy that is right some of the time,
+and RL takes it from there. Prompts are tokenized exactly as the rollout engine tokenizes them.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from entropo import ops
+
+
+def _sft_batch(engine, tokenizer, examples, device):
+    rows, masks = [], []
+    for ex in examples:
+        if ex.target is None:
+            raise ValueError(f"warm-up needs Example.target (a gold completion); task example {ex.prompt!r} has none")
+        p = engine.encode_prompt(ex.prompt)
+        t = tokenizer(ex.target, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        rows.append(p + t)
+        masks.append([0.0] * len(p) + [1.0] * len(t))
+    width = max(len(r) for r in rows)
+    pad = tokenizer.pad_token_id
+    # left padding, as in rollouts, so positions line up with what the policy sees when sampling
+    input_ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=device)
+    attention = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=device)
+    target_mask = torch.tensor([[0.0] * (width - len(m)) + m for m in masks], device=device)
+    return input_ids, attention, target_mask
+
+
+def warmup(model, tokenizer, engine, task, cfg, seed: int) -> dict[str, float]:
+    """``cfg.steps`` AdamW steps of next-token cross-entropy on gold completions; returns final loss and time."""
+    t0 = time.perf_counter()
+    device = next(model.parameters()).device
+    gen = torch.Generator().manual_seed(seed + 10_007)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
+    model.train()
+    loss_value = float("nan")
+    for _ in range(cfg.steps):
+        idx = torch.randint(task.train_size(), (cfg.batch_size,), generator=gen).tolist()
+        input_ids, attention, target_mask = _sft_batch(engine, tokenizer, [task.train_example(i) for i in idx],
+                                                       device)
+        logprobs, _ = ops.token_logprobs_and_entropy(model, input_ids, attention, compute_mask=target_mask,
+                                                     with_entropy=False)
+        loss = -(logprobs * target_mask).sum() / target_mask.sum()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        loss_value = float(loss)
+    model.eval()
+    return {"loss": loss_value, "time": time.perf_counter() - t0}

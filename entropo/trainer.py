@@ -1,0 +1,520 @@
+"""The RL loop: recipe -> rollouts -> rewards -> advantages -> update -> diagnostics/log/checkpoint.
+
+Read ``train()`` top to bottom: every method-specific piece is a registered component looked up by the recipe
+(entropo.registry), so this file never branches on a method name. One RL step:
+
+  1. sample prompts, generate n completions each (rollout engine), score them (rewards), keep groups that pass the
+     selection filters, refilling from new prompts up to ``rollout.max_tries`` rounds;
+  2. score the kept tokens with the current policy (old log-probs, entropy) and the reference model if a component
+     needs it;
+  3. reward-stage shaping, advantage estimator, advantage-stage shaping;
+  4. ``ppo_epochs`` x ``mini_batches`` optimizer steps, each accumulating gradients over micro-batches with the
+     aggregation's denominators taken over the whole mini-batch (so accumulation equals one big batch);
+  5. diagnostics, metrics.jsonl/TensorBoard, controllers, checkpoint, periodic held-out eval.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import resource
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from entropo import checkpoint as ckpt
+from entropo import diagnostics as diag
+from entropo import models, ops, registry
+from entropo.batch import Batch
+from entropo.config import Recipe, check_components, dump_recipe
+from entropo.logging import MetricsLogger, Progress
+from entropo.rewards.runner import RewardRunner
+from entropo.types import Example, RolloutOutput, Sample, TokenContext
+
+
+# ---- small pieces the loop uses ------------------------------------------------------------------------------------
+
+class PromptSampler:
+    """Walks a seeded permutation of the task's train indices, epoch after epoch; its position is checkpointed."""
+
+    def __init__(self, size: int, seed: int):
+        if size < 1:
+            raise ValueError("the task has no training examples")
+        self.size, self.seed, self.epoch, self.pos = size, seed, 0, 0
+        self._perm: list[int] | None = None
+
+    def _permutation(self) -> list[int]:
+        if self._perm is None:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            self._perm = torch.randperm(self.size, generator=g).tolist()
+        return self._perm
+
+    def next(self, k: int) -> list[int]:
+        out: list[int] = []
+        while len(out) < k:
+            perm = self._permutation()
+            take = min(k - len(out), self.size - self.pos)
+            out.extend(perm[self.pos:self.pos + take])
+            self.pos += take
+            if self.pos == self.size:
+                self.epoch, self.pos, self._perm = self.epoch + 1, 0, None
+        return out
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "pos": self.pos}
+
+    def load_state_dict(self, s: dict[str, int]) -> None:
+        self.epoch, self.pos, self._perm = s["epoch"], s["pos"], None
+
+
+@dataclass
+class Regularizer:
+    name: str
+    fn: Callable[..., Any]
+    params: dict[str, Any]
+    coef: float
+    controller: Any | None = None
+
+    def value(self) -> float:
+        return self.controller.value() if self.controller is not None else self.coef
+
+
+@dataclass
+class RunState:
+    """Loop state that is neither model nor optimizer; saved in every checkpoint."""
+
+    step: int = 0  # RL steps completed
+    next_group_id: int = 0
+    prev_entropy: float | None = None
+    eval_start: dict[str, float] = field(default_factory=dict)
+    history: list[dict[str, float]] = field(default_factory=list)  # (entropy, accuracy) per step for the R(H) fit
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def peak_memory_mb() -> float:
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def lr_lambda(cfg_opt, total_steps: int) -> Callable[[int], float]:
+    """Multiplier of the peak LR at optimizer step s: linear warm-up, then constant/linear/cosine decay."""
+
+    def f(s: int) -> float:
+        if s < cfg_opt.warmup_steps:
+            return (s + 1) / cfg_opt.warmup_steps
+        if cfg_opt.schedule == "constant":
+            return 1.0
+        span = max(1, total_steps - cfg_opt.warmup_steps)
+        progress = min(1.0, (s - cfg_opt.warmup_steps) / span)
+        lo = cfg_opt.min_lr_ratio
+        if cfg_opt.schedule == "linear":
+            return lo + (1 - lo) * (1 - progress)
+        return lo + (1 - lo) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return f
+
+
+@torch.no_grad()
+def score_tokens(model, batch: Batch, *, temperature: float, micro_batch_size: int, chunk_size: int):
+    """Log-probs and entropies of the response tokens under ``model`` (no grad), micro-batched. [B,L] each."""
+    lps, ents = [], []
+    for mb in batch.split(micro_batch_size):
+        lp, ent = ops.token_logprobs_and_entropy(
+            model, mb.input_ids, mb.attention_mask, chunk_size=chunk_size, temperature=temperature,
+            compute_mask=mb.response_mask,
+        )
+        lps.append(lp.float())
+        ents.append(ent.float())
+    return torch.cat(lps), torch.cat(ents)
+
+
+def build_batch(rollout: RolloutOutput, examples: list[Example], rewards: list[float], correct: list[bool],
+                first_group_id: int, device: torch.device) -> Batch:
+    """Turn engine output + rewards into a Batch; samples of prompt p share group id first_group_id + p."""
+    idx = rollout.prompt_index.tolist()
+    return Batch(
+        input_ids=rollout.input_ids.to(device),
+        attention_mask=rollout.attention_mask.to(device),
+        response_mask=rollout.response_mask.float().to(device),
+        rewards=torch.tensor(rewards, dtype=torch.float32, device=device),
+        group_ids=(rollout.prompt_index + first_group_id).long().to(device),
+        behaviour_logprobs=rollout.behaviour_logprobs.float().to(device),
+        info={
+            "completion": list(rollout.completions),
+            "answer": [examples[i].answer for i in idx],
+            "correct": list(correct),
+            "finish_reason": list(rollout.finish_reasons),
+            "num_tokens": list(rollout.num_tokens),
+        },
+    )
+
+
+def accumulate_gradients(model, mini: Batch, recipe: Recipe, objective: Callable, regs: list[Regularizer]
+                         ) -> dict[str, float]:
+    """Forward/backward one optimizer mini-batch in micro-batches; gradients equal one full-batch backward.
+
+    The aggregation denominators (token count, sequence count) are those of the whole mini-batch, so the sum of the
+    micro-batch losses is exactly the mini-batch loss (tests/test_trainer.py checks this for every mode).
+    """
+    agg = recipe.aggregation
+    norm_length = agg.norm_length or recipe.rollout.max_new_tokens
+    total_tokens = mini.response_mask.sum()
+    total_seqs = (mini.response_mask.sum(-1) > 0).sum()
+    sums: dict[str, float] = {}
+    weight_total = 0.0
+    for micro in mini.split(recipe.train.micro_batch_size):
+        n_tok = float(micro.response_mask.sum())
+        if n_tok == 0:
+            continue
+        logprobs, entropy = ops.token_logprobs_and_entropy(
+            model, micro.input_ids, micro.attention_mask, chunk_size=recipe.train.logprob_chunk_size,
+            temperature=recipe.rollout.temperature, compute_mask=micro.response_mask,
+        )
+        per_token_loss, metrics = objective(logprobs, micro.old_logprobs, micro.advantages, micro.token_weights,
+                                            **recipe.objective.params)
+        denominators = dict(response_mask=micro.response_mask, total_tokens=total_tokens, total_seqs=total_seqs,
+                            norm_length=norm_length)
+        loss = ops.aggregate(per_token_loss, micro.token_weights, agg.mode, **denominators)
+        metrics = {f"actor/{k}": float(v) for k, v in metrics.items()}
+        metrics["actor/pg_loss"] = float(loss.detach()) * float(total_tokens) / n_tok  # per-micro-batch scale for logging
+        ctx = TokenContext(logprobs=logprobs, entropy=entropy, old_logprobs=micro.old_logprobs,
+                           ref_logprobs=micro.ref_logprobs, advantages=micro.advantages, mask=micro.token_weights,
+                           batch=micro)
+        for reg in regs:
+            reg_per_token, reg_metrics = reg.fn(ctx, **reg.params)
+            # Regularizers cover every response token: token_weights masks only the policy-gradient term.
+            reg_loss = ops.aggregate(reg_per_token, micro.response_mask, agg.mode, **denominators)
+            loss = loss + reg.value() * reg_loss
+            metrics.update({f"reg/{reg.name}/{k}": float(v) for k, v in reg_metrics.items()})
+        loss.backward()
+        metrics["actor/entropy_current"] = diag.masked_mean(entropy.detach(), micro.response_mask)
+        for k, v in metrics.items():
+            sums[k] = sums.get(k, 0.0) + v * n_tok
+        weight_total += n_tok
+    return {k: v / weight_total for k, v in sums.items()} if weight_total else {}
+
+
+def policy_update(model, optimizer, scheduler, batch: Batch, recipe: Recipe, objective: Callable,
+                  regs: list[Regularizer], generator: torch.Generator) -> dict[str, float]:
+    """PPO-style epochs x mini-batches over one rollout batch; returns token-weighted mean metrics."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    sums: dict[str, float] = {}
+    count = 0
+    for _epoch in range(recipe.train.ppo_epochs):
+        order = torch.randperm(batch.size, generator=generator)
+        for rows in order.chunk(recipe.train.mini_batches):
+            mini = batch.select(rows.sort().values)
+            optimizer.zero_grad(set_to_none=True)
+            metrics = accumulate_gradients(model, mini, recipe, objective, regs)
+            if not metrics:
+                continue
+            clip = recipe.train.grad_clip
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, clip if clip is not None else float("inf"))
+            optimizer.step()
+            scheduler.step()
+            metrics["actor/grad_norm"] = float(grad_norm)
+            for k, v in metrics.items():
+                sums[k] = sums.get(k, 0.0) + v
+            count += 1
+    out = {k: v / count for k, v in sums.items()} if count else {}
+    out["actor/lr"] = scheduler.get_last_lr()[0]
+    out["actor/optimizer_steps"] = count
+    return out
+
+
+def evaluate(engine, task, examples: list[Example], recipe: Recipe, seed: int) -> dict[str, float]:
+    """pass@k on held-out prompts (greedy pass@1 when eval.temperature == 0)."""
+    ev, ro = recipe.eval, recipe.rollout
+    n = ev.n if ev.temperature > 0 else 1
+    gen = torch.Generator().manual_seed(seed)
+    out = engine.generate([e.prompt for e in examples], n, temperature=ev.temperature, top_p=ro.top_p,
+                          max_new_tokens=ro.max_new_tokens, stop=ro.stop, generator=gen)
+    correct = [False] * len(out.completions)
+    for r, (p, text) in enumerate(zip(out.prompt_index.tolist(), out.completions)):
+        try:
+            correct[r] = bool(task.correct(text, examples[p]))
+        except Exception:  # a broken verifier marks the sample wrong, never kills the eval
+            correct[r] = False
+    per_prompt = np.array(correct, dtype=float).reshape(len(examples), n)
+    res = {}
+    for k in ev.k if ev.temperature > 0 else [1]:
+        res[f"pass@{k}"] = float(np.mean([diag.pass_at_k(n, int(c), k) for c in per_prompt.sum(1)]))
+    res["accuracy"] = float(per_prompt.mean())
+    return res
+
+
+# ---- the run --------------------------------------------------------------------------------------------------------
+
+def run_dir_for(recipe: Recipe, run_dir: str | Path | None = None) -> Path:
+    if run_dir is not None:
+        return Path(run_dir)
+    return Path(recipe.logging.output_dir) / (recipe.logging.run_name or recipe.name)
+
+
+def train(recipe: Recipe, *, run_dir: str | Path | None = None, resume: bool = False,
+          stop_after: int | None = None, console: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run a recipe end to end. ``stop_after`` ends the process-local loop early (to test resume)."""
+    check_components(recipe)
+    out_dir = run_dir_for(recipe, run_dir)
+    latest = ckpt.latest(out_dir) if resume else None
+    if resume and latest is None:
+        console(f"--resume: no checkpoint in {out_dir}; starting from scratch")
+    if not resume and (out_dir / "metrics.jsonl").exists():
+        raise FileExistsError(f"{out_dir} already holds a run; pass --resume to continue it or choose another "
+                              f"--run-dir / logging.run_name")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "recipe.yaml").write_text(dump_recipe(recipe))
+
+    seed_everything(recipe.seed)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model, tokenizer = models.load(recipe.model.name_or_path, dtype=recipe.model.dtype,
+                                   gguf_file=recipe.model.gguf_file, tiny_kwargs=recipe.model.tiny)
+    model.to(device)
+    task = registry.get("task", recipe.task.name)(seed=recipe.seed, eval_size=recipe.task.eval_size,
+                                                  **recipe.task.params)
+    eval_examples = task.eval_examples()[: recipe.eval.max_prompts]
+    engine = registry.get("engine", recipe.rollout.engine)(model, tokenizer, chat_template=recipe.rollout.chat_template,
+                                                           max_batch_size=recipe.rollout.max_batch_size)
+    rewards = RewardRunner([r.model_dump() for r in recipe.rewards], timeout_s=recipe.reward_timeout_s)
+    advantage_fn = registry.get("advantage", recipe.advantage.name)
+    objective_fn = registry.get("objective", recipe.objective.name)
+    shapers = [(registry.get("shaping", s.name), registry.meta("shaping", s.name).get("stage", "advantage"), s.params)
+               for s in recipe.shaping]
+    selectors = [(registry.get("selection", s.name), s.params) for s in recipe.selection]
+    regs = [Regularizer(r.name, registry.get("regularizer", r.name), r.params, r.coef,
+                        registry.get("controller", r.controller.name)(**r.controller.params) if r.controller else None)
+            for r in recipe.regularizers]
+    sampler = PromptSampler(task.train_size(), recipe.seed)
+    rollout_gen = torch.Generator().manual_seed(recipe.seed + 1)
+    update_gen = torch.Generator().manual_seed(recipe.seed + 2)
+    total_opt_steps = recipe.train.steps * recipe.train.ppo_epochs * recipe.train.mini_batches
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=recipe.optimizer.lr,
+                                  betas=recipe.optimizer.betas, eps=recipe.optimizer.eps,
+                                  weight_decay=recipe.optimizer.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(recipe.optimizer, total_opt_steps))
+    state = RunState()
+    logger = MetricsLogger(out_dir, tensorboard=recipe.logging.tensorboard, wandb=recipe.logging.wandb,
+                           mlflow=recipe.logging.mlflow, run_name=out_dir.name, config=recipe.model_dump(mode="json"))
+
+    if latest is not None:
+        saved = ckpt.load(latest)
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        sampler.load_state_dict(saved["sampler"])
+        rollout_gen.set_state(saved["rollout_gen"])
+        update_gen.set_state(saved["update_gen"])
+        for reg, c_state in zip(regs, saved["controllers"]):
+            if reg.controller is not None:
+                reg.controller.load_state_dict(c_state)
+        state = RunState(**saved["run_state"])
+        ckpt.set_rng_state(saved["rng"])
+        logger.truncate_after(state.step - 1)
+        console(f"resumed from {latest} (step {state.step})")
+    else:
+        if recipe.warmup.steps > 0:
+            from entropo.sft import warmup
+
+            warm_task = task if recipe.warmup.task is None else registry.get("task", recipe.warmup.task.name)(
+                seed=recipe.seed, eval_size=recipe.task.eval_size, **recipe.warmup.task.params)
+            info = warmup(model, tokenizer, engine, warm_task, recipe.warmup, seed=recipe.seed)
+            console(f"SFT warm-up: {recipe.warmup.steps} steps, final loss {info['loss']:.3f}, {info['time']:.1f} s")
+        state.eval_start = evaluate(engine, task, eval_examples, recipe, recipe.seed + 3)
+
+    ref_model = None
+    if recipe.needs_reference():
+        ref_path = out_dir / "reference.pt"
+        if recipe.model.reference is not None:
+            ref_model = models.load_reference(recipe.model.reference, dtype=recipe.model.dtype, device=device)
+        else:  # a frozen copy of the policy at RL start (after any warm-up), kept on disk for resumes
+            ref_model = models.load_reference(model, dtype=recipe.model.dtype, device=device)
+            if latest is None:
+                ckpt.atomic_write_bytes(ref_path, _state_bytes(model))
+            else:
+                ref_model.load_state_dict(torch.load(ref_path, map_location="cpu", weights_only=True))
+
+    progress = Progress(recipe.train.steps, state.step, enabled=recipe.logging.progress)
+    start_step = state.step
+    for step in range(start_step, recipe.train.steps):
+        if stop_after is not None and step >= start_step + stop_after:
+            break
+        model.eval()  # no dropout while sampling and scoring
+        t_step = time.perf_counter()
+
+        # 1. rollouts, rewards, selection (with refills)
+        kept: list[Batch] = []
+        all_rewards, all_correct, all_groups, failures, finish = [], [], [], 0, []
+        t_rollout = t_reward = 0.0
+        gen_tokens = 0
+        kept_groups, tries = 0, 0
+        while kept_groups < recipe.rollout.prompts_per_step and tries < recipe.rollout.max_tries:
+            tries += 1
+            examples = [task.train_example(i) for i in sampler.next(recipe.rollout.prompts_per_step - kept_groups)]
+            t0 = time.perf_counter()
+            rollout = engine.generate([e.prompt for e in examples], recipe.rollout.n,
+                                      temperature=recipe.rollout.temperature, top_p=recipe.rollout.top_p,
+                                      max_new_tokens=recipe.rollout.max_new_tokens, stop=recipe.rollout.stop,
+                                      generator=rollout_gen)
+            t_rollout += time.perf_counter() - t0
+            gen_tokens += sum(rollout.num_tokens)
+            t0 = time.perf_counter()
+            samples = [Sample(completion=c, example=examples[p], task=task, num_tokens=nt,
+                              max_tokens=recipe.rollout.max_new_tokens, truncated=(fr == "length"))
+                       for c, p, nt, fr in zip(rollout.completions, rollout.prompt_index.tolist(), rollout.num_tokens,
+                                               rollout.finish_reasons)]
+            scored = rewards.score(samples)
+            t_reward += time.perf_counter() - t0
+            failures += sum(f is not None for f in scored.failures)
+            batch = build_batch(rollout, examples, scored.rewards, scored.correct, state.next_group_id, device)
+            state.next_group_id += len(examples)
+            all_rewards.append(batch.rewards)
+            all_correct.extend(scored.correct)
+            all_groups.append(batch.group_ids)
+            finish.extend(rollout.finish_reasons)
+            keep = torch.ones(batch.size, dtype=torch.bool, device=device)
+            for select_fn, params in selectors:
+                keep &= select_fn(batch, **params).to(device)
+            if keep.any():
+                kept.append(batch.select(keep.nonzero().squeeze(-1).cpu()))
+                kept_groups += int(torch.unique(batch.group_ids[keep]).numel())
+        generated_rewards = torch.cat(all_rewards)
+        generated_groups = torch.cat(all_groups)
+        metrics: dict[str, Any] = {
+            "reward/mean": float(generated_rewards.mean()),
+            "reward/std": float(generated_rewards.std()) if generated_rewards.numel() > 1 else 0.0,
+            "accuracy": float(np.mean(all_correct)),
+            "reward/failures": failures,
+            "selection/zero_variance_group_frac": diag.zero_variance_group_fraction(generated_rewards,
+                                                                                   generated_groups),
+            "selection/dropped_frac": 1.0 - sum(b.size for b in kept) / generated_rewards.numel(),
+            "selection/rounds": tries,
+            "response/length_mean": float(np.mean([int(x) for x in torch.cat([b.response_lengths for b in kept])
+                                                   .tolist()])) if kept else 0.0,
+            "response/truncated_frac": float(np.mean([f == "length" for f in finish])),
+        }
+
+        if kept:
+            batch = Batch.concat(kept)
+            # 2. score with the policy before the update (and with the reference when a component needs it)
+            t0 = time.perf_counter()
+            score_kw = dict(temperature=recipe.rollout.temperature, micro_batch_size=recipe.train.micro_batch_size,
+                            chunk_size=recipe.train.logprob_chunk_size)
+            batch.old_logprobs, batch.old_entropy = score_tokens(model, batch, **score_kw)
+            if ref_model is not None:
+                batch.ref_logprobs, _ = score_tokens(ref_model, batch, **score_kw)
+            t_score = time.perf_counter() - t0
+
+            # 3. shaping and advantages
+            for shape_fn, stage, params in shapers:
+                if stage == "reward":
+                    metrics.update({f"shaping/{k}": v for k, v in shape_fn(batch, **params).items()})
+            batch.advantages = advantage_fn(batch, **recipe.advantage.params)
+            for shape_fn, stage, params in shapers:
+                if stage == "advantage":
+                    metrics.update({f"shaping/{k}": v for k, v in shape_fn(batch, **params).items()})
+
+            # 4. update
+            model.train()
+            t0 = time.perf_counter()
+            metrics.update(policy_update(model, optimizer, scheduler, batch, recipe, objective_fn, regs, update_gen))
+            t_update = time.perf_counter() - t0
+
+            # 5. diagnostics of the batch that was optimized
+            mask = batch.response_mask
+            entropy = diag.masked_mean(batch.old_entropy, mask)
+            metrics.update({
+                "entropy/mean": entropy,
+                "entropy/delta": entropy - state.prev_entropy if state.prev_entropy is not None else 0.0,
+                "cov/logp_adv": diag.cov_logp_adv(batch.old_logprobs, batch.advantages, mask),
+                "advantage/mean": diag.masked_mean(batch.advantages, mask),
+                "advantage/abs_mean": diag.masked_mean(batch.advantages.abs(), mask),
+                "kl/behaviour": diag.masked_mean(ops.kl(batch.old_logprobs, batch.behaviour_logprobs, "k3"), mask),
+            })
+            if batch.ref_logprobs is not None:
+                metrics["kl/ref"] = diag.masked_mean(ops.kl(batch.old_logprobs, batch.ref_logprobs, "k3"), mask)
+            state.prev_entropy = entropy
+            train_tokens = float(batch.attention_mask.sum()) * recipe.train.ppo_epochs
+        else:
+            t_score = t_update = 0.0
+            train_tokens = 0.0
+            metrics["actor/optimizer_steps"] = 0
+
+        for reg in regs:
+            metrics[f"reg/{reg.name}/coef"] = reg.value()
+            if reg.controller is not None:
+                reg.controller.update({**metrics, **{k.split("/")[-1]: v for k, v in metrics.items()}})
+        state.step = step + 1
+        if recipe.eval.every and state.step % recipe.eval.every == 0 and state.step < recipe.train.steps:
+            model.eval()
+            metrics.update({f"eval/{k}": v for k, v in evaluate(engine, task, eval_examples, recipe,
+                                                                 recipe.seed + 3).items()})
+        elapsed = time.perf_counter() - t_step
+        metrics.update({
+            "time/rollout_s": t_rollout, "time/reward_s": t_reward, "time/score_s": t_score,
+            "time/update_s": t_update, "time/step_s": elapsed,
+            "tokens_per_s": gen_tokens / max(t_rollout, 1e-9),
+            "time/update_tokens_per_s": train_tokens / max(t_update, 1e-9) if t_update else 0.0,
+            "peak_mem_mb": peak_memory_mb(),
+        })
+        if "entropy/mean" in metrics:
+            state.history.append({"entropy": metrics["entropy/mean"], "accuracy": metrics["accuracy"]})
+        logger.log(step, metrics)
+        progress.update(step, metrics)
+        every = recipe.checkpoint.every
+        if (every and state.step % every == 0) or state.step == recipe.train.steps:
+            save_checkpoint(out_dir, recipe, model, optimizer, scheduler, sampler, rollout_gen, update_gen, regs, state)
+    progress.close()
+
+    summary: dict[str, Any] = {"run_dir": str(out_dir), "steps": state.step, "eval_start": state.eval_start}
+    if state.step >= recipe.train.steps:
+        model.eval()
+        summary["eval_end"] = evaluate(engine, task, eval_examples, recipe, recipe.seed + 3)
+        logger.log(state.step, {f"eval/{k}": v for k, v in summary["eval_end"].items()} | {"final": True})
+        final_dir = out_dir / "final"
+        model.save_pretrained(final_dir)
+        tokenizer.save_pretrained(final_dir)
+        summary["final_model"] = str(final_dir)
+        fit = diag.fit_entropy_performance([h["entropy"] for h in state.history],
+                                           [h["accuracy"] for h in state.history])
+        if fit:
+            summary["entropy_fit"] = fit
+        if recipe.logging.plots:
+            from entropo.plots import plot_run
+
+            summary["plots"] = [str(p) for p in plot_run(out_dir)]
+    logger.close()
+    return summary
+
+
+def _state_bytes(model) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    return buf.getvalue()
+
+
+def save_checkpoint(out_dir, recipe, model, optimizer, scheduler, sampler, rollout_gen, update_gen, regs, state):
+    payload = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "sampler": sampler.state_dict(),
+        "rollout_gen": rollout_gen.get_state(),
+        "update_gen": update_gen.get_state(),
+        "controllers": [r.controller.state_dict() if r.controller else None for r in regs],
+        "run_state": vars(state).copy(),
+        "rng": ckpt.rng_state(),
+        "recipe": recipe.model_dump(mode="json"),
+    }
+    return ckpt.save(out_dir, state.step, payload, keep=recipe.checkpoint.keep)

@@ -1,0 +1,73 @@
+"""Small shared data types passed between stages (tasks -> rollout -> rewards -> losses)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from torch import Tensor
+
+
+@dataclass
+class Example:
+    """One prompt of a task."""
+
+    prompt: str | list[dict[str, str]]  # plain text, or chat messages [{"role": "user", "content": ...}]
+    answer: str | None = None  # ground truth the verifier compares to (None for unsupervised rewards)
+    target: str | None = None  # a gold completion, used by the optional SFT warm-up
+    meta: dict[str, Any] = field(default_factory=dict)  # task name, difficulty, reasoning-gym entry, ...
+
+
+class Task(Protocol):
+    """A prompt source with a verifier. Built by a factory registered as ``("task", name)``:
+    ``factory(seed: int, eval_size: int, **params) -> Task``."""
+
+    name: str
+
+    def train_size(self) -> int: ...
+
+    def train_example(self, i: int) -> Example: ...  # deterministic in (seed, i); never an eval example
+
+    def eval_examples(self) -> list[Example]: ...  # the held-out split, fixed by the seed
+
+    def correct(self, completion: str, example: Example) -> bool: ...  # the task's own verifier (accuracy)
+
+
+@dataclass
+class Sample:
+    """What a reward function sees for one completion."""
+
+    completion: str  # decoded response text (special tokens removed)
+    example: Example
+    task: Any  # the Task object (for its verifier)
+    num_tokens: int = 0  # response length in tokens
+    max_tokens: int = 0  # the rollout's max_new_tokens
+    truncated: bool = False  # True when the response hit max_new_tokens without EOS/stop
+
+
+@dataclass
+class RolloutOutput:
+    """What a rollout engine returns for P prompts x n samples (R = P*n rows, prompt-major order)."""
+
+    input_ids: Tensor  # [R, L] long: left-padded prompt, then the response, then right padding
+    attention_mask: Tensor  # [R, L] long: 1 on prompt and response tokens
+    response_mask: Tensor  # [R, L] float: 1 on tokens the policy generated (incl. the EOS it emitted)
+    behaviour_logprobs: Tensor  # [R, L] float: log-prob of each generated token under the sampling distribution
+    behaviour_entropy: Tensor  # [R, L] float: entropy of the sampling distribution at each generated token
+    prompt_index: Tensor  # [R] long: index into the prompts list
+    completions: list[str]  # decoded responses (special tokens removed)
+    num_tokens: list[int]  # response lengths
+    finish_reasons: list[str]  # "eos" | "stop" | "length"
+
+
+@dataclass
+class TokenContext:
+    """Everything a regularizer may read for one micro-batch (all [B, L], aligned on tokens)."""
+
+    logprobs: Tensor  # current policy, differentiable
+    entropy: Tensor  # current policy entropy, differentiable
+    old_logprobs: Tensor
+    ref_logprobs: Tensor | None
+    advantages: Tensor
+    mask: Tensor  # token_weights
+    batch: Any  # the micro-batch (entropo.batch.Batch)
