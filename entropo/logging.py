@@ -156,7 +156,7 @@ class Progress:
         info = self._info(metrics)
         if self._bar is not None:
             self._bar.update(self._task, completed=step + 1, info=info)
-        else:
+        elif (step + 1) % max(1, self.total // 50) == 0 or step + 1 == self.total:  # ~50 lines per run when piped
             print(f"step {step + 1}/{self.total}  {info}", file=sys.stderr, flush=True)
 
     def close(self) -> None:

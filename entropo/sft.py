@@ -50,6 +50,6 @@ def warmup(model, tokenizer, engine, task, cfg, seed: int) -> dict[str, float]:
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        loss_value = float(loss)
+        loss_value = float(loss.detach())
     model.eval()
     return {"loss": loss_value, "time": time.perf_counter() - t0}

@@ -30,7 +30,7 @@ from entropo import checkpoint as ckpt
 from entropo import diagnostics as diag
 from entropo import models, ops, registry
 from entropo.batch import Batch
-from entropo.config import Recipe, check_components, dump_recipe
+from entropo.config import ConfigError, Recipe, check_components, dump_recipe
 from entropo.logging import MetricsLogger, Progress
 from entropo.rewards.runner import RewardRunner
 from entropo.types import Example, RolloutOutput, Sample, TokenContext
@@ -172,6 +172,7 @@ def accumulate_gradients(model, mini: Batch, recipe: Recipe, objective: Callable
     total_seqs = (mini.response_mask.sum(-1) > 0).sum()
     sums: dict[str, float] = {}
     weight_total = 0.0
+    pg_loss_sum = total_loss_sum = 0.0  # micro-batch losses add up to the mini-batch loss
     for micro in mini.split(recipe.train.micro_batch_size):
         n_tok = float(micro.response_mask.sum())
         if n_tok == 0:
@@ -186,7 +187,7 @@ def accumulate_gradients(model, mini: Batch, recipe: Recipe, objective: Callable
                             norm_length=norm_length)
         loss = ops.aggregate(per_token_loss, micro.token_weights, agg.mode, **denominators)
         metrics = {f"actor/{k}": float(v) for k, v in metrics.items()}
-        metrics["actor/pg_loss"] = float(loss.detach()) * float(total_tokens) / n_tok  # per-micro-batch scale for logging
+        pg_loss_sum += float(loss.detach())
         ctx = TokenContext(logprobs=logprobs, entropy=entropy, old_logprobs=micro.old_logprobs,
                            ref_logprobs=micro.ref_logprobs, advantages=micro.advantages, mask=micro.token_weights,
                            batch=micro)
@@ -197,11 +198,16 @@ def accumulate_gradients(model, mini: Batch, recipe: Recipe, objective: Callable
             loss = loss + reg.value() * reg_loss
             metrics.update({f"reg/{reg.name}/{k}": float(v) for k, v in reg_metrics.items()})
         loss.backward()
+        total_loss_sum += float(loss.detach())
         metrics["actor/entropy_current"] = diag.masked_mean(entropy.detach(), micro.response_mask)
         for k, v in metrics.items():
             sums[k] = sums.get(k, 0.0) + v * n_tok
         weight_total += n_tok
-    return {k: v / weight_total for k, v in sums.items()} if weight_total else {}
+    if not weight_total:
+        return {}
+    out = {k: v / weight_total for k, v in sums.items()}
+    out.update({"actor/pg_loss": pg_loss_sum, "actor/loss": total_loss_sum})
+    return out
 
 
 def policy_update(model, optimizer, scheduler, batch: Batch, recipe: Recipe, objective: Callable,
@@ -255,6 +261,14 @@ def evaluate(engine, task, examples: list[Example], recipe: Recipe, seed: int) -
 
 # ---- the run --------------------------------------------------------------------------------------------------------
 
+def make_task(spec, seed: int, eval_size: int, where: str):
+    """Build a task; a bad parameter or a missing dataset column becomes one ConfigError naming the field."""
+    try:
+        return registry.get("task", spec.name)(seed=seed, eval_size=eval_size, **spec.params)
+    except (TypeError, ValueError, KeyError, FileNotFoundError) as e:
+        raise ConfigError(f"{where} ({spec.name}): {e}") from e
+
+
 def run_dir_for(recipe: Recipe, run_dir: str | Path | None = None) -> Path:
     if run_dir is not None:
         return Path(run_dir)
@@ -277,11 +291,13 @@ def train(recipe: Recipe, *, run_dir: str | Path | None = None, resume: bool = F
 
     seed_everything(recipe.seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model, tokenizer = models.load(recipe.model.name_or_path, dtype=recipe.model.dtype,
-                                   gguf_file=recipe.model.gguf_file, tiny_kwargs=recipe.model.tiny)
+    try:
+        model, tokenizer = models.load(recipe.model.name_or_path, dtype=recipe.model.dtype,
+                                       gguf_file=recipe.model.gguf_file, tiny_kwargs=recipe.model.tiny)
+    except (OSError, ValueError, TypeError) as e:  # FileNotFoundError is an OSError
+        raise ConfigError(f"model.name_or_path={recipe.model.name_or_path!r}: {e}") from e
     model.to(device)
-    task = registry.get("task", recipe.task.name)(seed=recipe.seed, eval_size=recipe.task.eval_size,
-                                                  **recipe.task.params)
+    task = make_task(recipe.task, recipe.seed, recipe.task.eval_size, "task")
     eval_examples = task.eval_examples()[: recipe.eval.max_prompts]
     engine = registry.get("engine", recipe.rollout.engine)(model, tokenizer, chat_template=recipe.rollout.chat_template,
                                                            max_batch_size=recipe.rollout.max_batch_size)
@@ -325,8 +341,8 @@ def train(recipe: Recipe, *, run_dir: str | Path | None = None, resume: bool = F
         if recipe.warmup.steps > 0:
             from entropo.sft import warmup
 
-            warm_task = task if recipe.warmup.task is None else registry.get("task", recipe.warmup.task.name)(
-                seed=recipe.seed, eval_size=recipe.task.eval_size, **recipe.warmup.task.params)
+            warm_task = task if recipe.warmup.task is None else make_task(recipe.warmup.task, recipe.seed,
+                                                                          recipe.task.eval_size, "warmup.task")
             info = warmup(model, tokenizer, engine, warm_task, recipe.warmup, seed=recipe.seed)
             console(f"SFT warm-up: {recipe.warmup.steps} steps, final loss {info['loss']:.3f}, {info['time']:.1f} s")
         state.eval_start = evaluate(engine, task, eval_examples, recipe, recipe.seed + 3)
