@@ -1,7 +1,6 @@
 """Shipped recipes run on the tiny model; the CLI reports bad input as one clear error; bad rewards never kill a run."""
 
 import json
-from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner

@@ -1,6 +1,5 @@
 """The loop's own guarantees: accumulation == one big batch, resume == uninterrupted, a run writes what it says."""
 
-import json
 
 import pytest
 import torch

@@ -9,7 +9,6 @@ leftover quantization bookkeeping (so checkpoints can ``save_pretrained`` them).
 from __future__ import annotations
 
 import copy
-import os
 from pathlib import Path
 from typing import Any
 

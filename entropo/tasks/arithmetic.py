@@ -27,6 +27,7 @@ import random
 
 from entropo.registry import register
 from entropo.tasks.base import (
+    GeneratedTask,
     extract_last_number,
     make_prompt,
     numbers_equal,
@@ -40,7 +41,7 @@ ENUMERATE_MAX = 200_000  # problem spaces up to this size are enumerated and par
 DEFAULT_TEMPLATE = "What is {expr}? Answer with just the number."
 
 
-class ArithmeticTask:
+class ArithmeticTask(GeneratedTask):
     """Integer arithmetic with a last-number verifier. Build it with the registered factory ``arithmetic``."""
 
     def __init__(
@@ -83,19 +84,8 @@ class ArithmeticTask:
             self._train_size = len(self._train_codes)
             self._eval = [self._example(self._decode(c), "eval", j) for j, c in enumerate(self._eval_codes)]
         else:
-            problems: list[tuple[list[int], list[str]]] = []
-            seen: set[tuple] = set()
-            j = 0
-            while len(problems) < eval_size:
-                p = self._draw(random.Random(stable_seed(seed, "eval", j)))
-                j += 1
-                key = (tuple(p[0]), tuple(p[1]))
-                if key not in seen:
-                    seen.add(key)
-                    problems.append(p)
-            self._eval_keys = seen
             self._train_size = train_size
-            self._eval = [self._example(p, "eval", k) for k, p in enumerate(problems)]
+            self._draw_eval(eval_size)
 
     # -- problem construction
     def _decode(self, code: int) -> tuple[list[int], list[str]]:
@@ -139,23 +129,15 @@ class ArithmeticTask:
             },
         )
 
-    # -- Task protocol
-    def train_size(self) -> int:
-        return self._train_size
+    @staticmethod
+    def _key(problem: tuple[list[int], list[str]]) -> tuple:
+        return tuple(problem[0]), tuple(problem[1])
 
+    # -- Task protocol (train_size/eval_examples and the large-space train_example come from GeneratedTask)
     def train_example(self, i: int) -> Example:
-        if not 0 <= i < self._train_size:
-            raise IndexError(f"train index {i} out of range [0, {self._train_size})")
-        if self.enumerated:
+        if self.enumerated and 0 <= i < self._train_size:
             return self._example(self._decode(self._train_codes[i]), "train", i)
-        rng = random.Random(stable_seed(self.seed, "train", i))
-        while True:
-            p = self._draw(rng)
-            if (tuple(p[0]), tuple(p[1])) not in self._eval_keys:
-                return self._example(p, "train", i)
-
-    def eval_examples(self) -> list[Example]:
-        return list(self._eval)
+        return super().train_example(i)
 
     def correct(self, completion: str, example: Example) -> bool:
         return numbers_equal(extract_last_number(completion), example.answer)

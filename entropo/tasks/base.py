@@ -12,9 +12,12 @@ import hashlib
 import inspect
 import logging
 import math
+import random
 import re
 from fractions import Fraction
 from typing import Any, Callable
+
+from entropo.types import Example
 
 
 # ----------------------------------------------------------------------------------------------- seeding
@@ -295,3 +298,54 @@ def verify_answer(completion: str, answer: str, verifier: str) -> bool:
     if verifier == "last_number":
         return numbers_equal(extract_last_number(completion), answer)
     raise ValueError(f"unknown verifier {verifier!r}; choose one of: {', '.join(VERIFIERS)}")
+
+
+class GeneratedTask:
+    """Shared split logic of generated tasks: eval problems come from their own seed stream (distinct, drawn once);
+    train example ``i`` is drawn from ``stable_seed(seed, "train", i)`` and redrawn while it hits an eval problem, so
+    the splits are disjoint by construction. Subclasses define ``_draw(rng)``, ``_key(problem)`` (hashable identity)
+    and ``_example(problem, split, index)``."""
+
+    name: str
+    seed: int
+    _train_size: int
+
+    def _draw_eval(self, eval_size: int) -> None:
+        problems: list[Any] = []
+        seen: set[Any] = set()
+        j = 0
+        while len(problems) < eval_size:
+            p = self._draw(random.Random(stable_seed(self.seed, "eval", j)))
+            j += 1
+            if self._key(p) not in seen:
+                seen.add(self._key(p))
+                problems.append(p)
+            if j > 100 * eval_size + 1000:
+                raise ValueError(f"{self.name}: could not draw {eval_size} distinct eval problems; lower eval_size "
+                                 f"or widen the problem space")
+        self._eval_keys = seen
+        self._eval = [self._example(p, "eval", k) for k, p in enumerate(problems)]
+
+    def train_size(self) -> int:
+        return self._train_size
+
+    def train_example(self, i: int) -> Example:
+        if not 0 <= i < self._train_size:
+            raise IndexError(f"train index {i} out of range [0, {self._train_size})")
+        rng = random.Random(stable_seed(self.seed, "train", i))
+        while True:
+            p = self._draw(rng)
+            if self._key(p) not in self._eval_keys:
+                return self._example(p, "train", i)
+
+    def eval_examples(self) -> list[Example]:
+        return list(self._eval)
+
+    def _draw(self, rng: random.Random) -> Any:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _key(self, problem: Any) -> Any:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _example(self, problem: Any, split: str, index: int) -> Example:  # pragma: no cover - abstract
+        raise NotImplementedError

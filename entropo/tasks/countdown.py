@@ -29,11 +29,11 @@ from fractions import Fraction
 
 from entropo.registry import register
 from entropo.tasks.base import (
+    GeneratedTask,
     UnsafeExpression,
     extract_answer_tag,
     make_prompt,
     safe_arith_eval,
-    stable_seed,
     strict_params,
 )
 from entropo.types import Example
@@ -106,7 +106,7 @@ def _build(rng: random.Random, numbers: list[int]) -> tuple[Fraction, str]:
     return value, text
 
 
-class CountdownTask:
+class CountdownTask(GeneratedTask):
     """Countdown with a safe verifier. Build it with the registered factory ``countdown``."""
 
     def __init__(self, seed, eval_size, num_numbers, min_number, max_number, max_target, exact_use, template, chat,
@@ -122,18 +122,7 @@ class CountdownTask:
         self.chat = chat
         self.system_prompt = system_prompt
         self._train_size = train_size
-        eval_problems, seen = [], set()
-        j = 0
-        while len(eval_problems) < eval_size:
-            p = self._draw(random.Random(stable_seed(seed, "eval", j)))
-            j += 1
-            if self._key(p) not in seen:
-                seen.add(self._key(p))
-                eval_problems.append(p)
-            if j > 100 * eval_size + 1000:
-                raise ValueError(f"countdown: could not draw {eval_size} distinct eval instances; widen max_number/max_target")
-        self._eval_keys = seen
-        self._eval = [self._example(p, "eval", k) for k, p in enumerate(eval_problems)]
+        self._draw_eval(eval_size)
 
     @staticmethod
     def _key(p):
@@ -167,21 +156,6 @@ class CountdownTask:
                 "index": index,
             },
         )
-
-    def train_size(self) -> int:
-        return self._train_size
-
-    def train_example(self, i: int) -> Example:
-        if not 0 <= i < self._train_size:
-            raise IndexError(f"train index {i} out of range [0, {self._train_size})")
-        rng = random.Random(stable_seed(self.seed, "train", i))
-        while True:
-            p = self._draw(rng)
-            if self._key(p) not in self._eval_keys:
-                return self._example(p, "train", i)
-
-    def eval_examples(self) -> list[Example]:
-        return list(self._eval)
 
     def correct(self, completion: str, example: Example) -> bool:
         m = example.meta
