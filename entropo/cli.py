@@ -193,6 +193,12 @@ def models_pull(name: str = typer.Argument("smollm2-135m-instruct", help="Model 
 
 def main() -> None:
     try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # weight load/save bars would bury entropo's own progress bar
+    except ImportError:
+        pass
+    try:
         app()
     except KeyboardInterrupt:
         err.print("interrupted; resume with --resume")

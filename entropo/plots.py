@@ -24,7 +24,9 @@ PANELS = [
 
 
 def _series(rows: list[dict], key: str) -> tuple[np.ndarray, np.ndarray]:
-    pts = [(r["step"], r[key]) for r in rows if isinstance(r.get(key), (int, float)) and not r.get("final")]
+    # the final row holds only the end-of-run eval; it belongs on eval curves and nowhere else
+    pts = [(r["step"], r[key]) for r in rows
+           if isinstance(r.get(key), (int, float)) and (key.startswith("eval/") or not r.get("final"))]
     if not pts:
         return np.array([]), np.array([])
     s, v = zip(*pts)
