@@ -30,6 +30,8 @@ class Batch:
     turn_ids: Tensor | None = None  # [B, L] long; turn index of each token in multi-turn rollouts
     old_entropy: Tensor | None = None  # [B, L] entropy of the policy before the update (detached)
     behaviour_logprobs: Tensor | None = None  # [B, L] log-probs recorded by the rollout engine while sampling
+    extras: dict[str, Tensor] = field(default_factory=dict)  # method-specific per-row tensors [B, ...] (e.g. a
+    # whole-batch token selection computed before the update); sliced with the rows like every other tensor
     info: dict[str, Any] = field(default_factory=dict)  # per-sample lists (task, answer, text, truncated, ...)
 
     def __post_init__(self) -> None:
@@ -61,6 +63,8 @@ class Batch:
             v = getattr(self, f.name)
             if f.name == "info":
                 kw["info"] = {k: fn_list(x) for k, x in v.items()}
+            elif f.name == "extras":
+                kw["extras"] = {k: fn_tensor(x) for k, x in v.items()}
             elif isinstance(v, Tensor):
                 kw[f.name] = fn_tensor(v)
             else:
@@ -92,12 +96,19 @@ class Batch:
             if f.name == "info":
                 keys = set().union(*[v.keys() for v in vals])
                 kw["info"] = {k: sum((list(v.get(k, [None] * b.size)) for v, b in zip(vals, batches)), []) for k in keys}
+            elif f.name == "extras":
+                kw["extras"] = {k: _cat_padded([v[k] for v in vals], width) for k in vals[0]}
             elif all(v is None for v in vals):
                 kw[f.name] = None
             elif any(v is None for v in vals):
                 raise ValueError(f"cannot concat batches: field {f.name!r} is set in some batches and None in others")
-            elif vals[0].dim() == 2:
-                kw[f.name] = torch.cat([torch.nn.functional.pad(v, (0, width - v.shape[1])) for v in vals])
             else:
-                kw[f.name] = torch.cat(vals)
+                kw[f.name] = _cat_padded(vals, width)
         return Batch(**kw)
+
+
+def _cat_padded(tensors: list[Tensor], width: int) -> Tensor:
+    """Row-concatenate; [B, L] tensors are right-padded with zeros to ``width`` first."""
+    if tensors[0].dim() == 2:
+        return torch.cat([torch.nn.functional.pad(t, (0, width - t.shape[1])) for t in tensors])
+    return torch.cat(tensors)

@@ -98,6 +98,9 @@ class RolloutConfig(_Section):
         "until prompts_per_step groups are kept or this many rounds ran."
     )
     max_batch_size: int = Field(64, ge=1, description="Rows generated at once by the engine.")
+    engine_params: dict[str, Any] = Field(
+        default_factory=dict, description="Extra keyword arguments of the engine (e.g. tree-rollout fork settings)."
+    )
 
 
 class AggregationConfig(_Section):
@@ -223,14 +226,15 @@ def _check_component(kind: str, comp: Component, where: str, skip_params: tuple[
 
 # First positional arguments of each kind's signature are data, not params.
 _DATA_ARGS = {
-    "advantage": ("batch",),
-    "objective": ("logprobs", "old_logprobs", "advantages", "mask"),
-    "regularizer": ("ctx",),
-    "selection": ("batch",),
-    "shaping": ("batch",),
+    "advantage": ("batch", "step_ctx"),
+    "objective": ("logprobs", "old_logprobs", "advantages", "mask", "extras", "step_ctx"),
+    "regularizer": ("ctx", "step_ctx"),
+    "selection": ("batch", "step_ctx"),
+    "shaping": ("batch", "step_ctx"),
     "reward": ("sample",),
     "task": ("seed", "eval_size"),
     "controller": (),
+    "engine": ("model", "tokenizer"),
 }
 
 
@@ -240,10 +244,8 @@ def check_components(recipe: Recipe) -> None:
     c("task", recipe.task, "task", _DATA_ARGS["task"])
     if recipe.warmup.task is not None:
         c("task", recipe.warmup.task, "warmup.task", _DATA_ARGS["task"])
-    if recipe.rollout.engine not in registry.names("engine"):
-        raise ConfigError(
-            f"rollout.engine: unknown engine {recipe.rollout.engine!r}. Allowed: {', '.join(registry.names('engine'))}"
-        )
+    c("engine", Component(name=recipe.rollout.engine, params=recipe.rollout.engine_params), "rollout.engine",
+      ("model", "tokenizer", "chat_template", "max_batch_size"))
     for i, r in enumerate(recipe.rewards):
         c("reward", r, f"rewards.{i}", _DATA_ARGS["reward"])
     c("advantage", recipe.advantage, "advantage", _DATA_ARGS["advantage"])

@@ -33,6 +33,7 @@ from entropo.batch import Batch
 from entropo.config import ConfigError, Recipe, check_components, dump_recipe
 from entropo.logging import MetricsLogger, Progress
 from entropo.rewards.runner import RewardRunner
+from entropo.components import Bound, StepContext, merged_token_fns
 from entropo.types import Example, RolloutOutput, Sample, TokenContext
 
 
@@ -73,11 +74,15 @@ class PromptSampler:
 
 @dataclass
 class Regularizer:
-    name: str
-    fn: Callable[..., Any]
-    params: dict[str, Any]
+    """A regularizer component with its coefficient (fixed, or set each step by a controller)."""
+
+    component: Bound
     coef: float
     controller: Any | None = None
+
+    @property
+    def name(self) -> str:
+        return self.component.name
 
     def value(self) -> float:
         return self.controller.value() if self.controller is not None else self.coef
@@ -125,21 +130,24 @@ def lr_lambda(cfg_opt, total_steps: int) -> Callable[[int], float]:
 
 
 @torch.no_grad()
-def score_tokens(model, batch: Batch, *, temperature: float, micro_batch_size: int, chunk_size: int):
-    """Log-probs and entropies of the response tokens under ``model`` (no grad), micro-batched. [B,L] each."""
-    lps, ents = [], []
+def score_tokens(model, batch: Batch, *, temperature: float, micro_batch_size: int, chunk_size: int,
+                 token_fns: dict[str, Callable] | None = None):
+    """Log-probs, entropies ([B,L] each) and any per-token functionals ({name: [B,L]}) of the response tokens under
+    ``model``, with no grad, micro-batched."""
+    lps, ents, extras = [], [], []
     for mb in batch.split(micro_batch_size):
-        lp, ent = ops.token_logprobs_and_entropy(
+        lp, ent, ex = ops.token_logprobs_and_entropy(
             model, mb.input_ids, mb.attention_mask, chunk_size=chunk_size, temperature=temperature,
-            compute_mask=mb.response_mask,
+            compute_mask=mb.response_mask, token_fns=token_fns or {},
         )
         lps.append(lp.float())
         ents.append(ent.float())
-    return torch.cat(lps), torch.cat(ents)
+        extras.append(ex)
+    return torch.cat(lps), torch.cat(ents), {k: torch.cat([e[k] for e in extras]) for k in (token_fns or {})}
 
 
-def build_batch(rollout: RolloutOutput, examples: list[Example], rewards: list[float], correct: list[bool],
-                first_group_id: int, device: torch.device) -> Batch:
+def build_batch(rollout: RolloutOutput, examples: list[Example], samples: list[Sample], rewards: list[float],
+                correct: list[bool], first_group_id: int, device: torch.device) -> Batch:
     """Turn engine output + rewards into a Batch; samples of prompt p share group id first_group_id + p."""
     idx = rollout.prompt_index.tolist()
     return Batch(
@@ -155,11 +163,12 @@ def build_batch(rollout: RolloutOutput, examples: list[Example], rewards: list[f
             "correct": list(correct),
             "finish_reason": list(rollout.finish_reasons),
             "num_tokens": list(rollout.num_tokens),
+            "sample": list(samples),
         },
     )
 
 
-def accumulate_gradients(model, mini: Batch, recipe: Recipe, objective: Callable, regs: list[Regularizer]
+def accumulate_gradients(model, mini: Batch, recipe: Recipe, objective: Bound, regs: list[Regularizer]
                          ) -> dict[str, float]:
     """Forward/backward one optimizer mini-batch in micro-batches; gradients equal one full-batch backward.
 
@@ -170,6 +179,7 @@ def accumulate_gradients(model, mini: Batch, recipe: Recipe, objective: Callable
     norm_length = agg.norm_length or recipe.rollout.max_new_tokens
     total_tokens = mini.response_mask.sum()
     total_seqs = (mini.response_mask.sum(-1) > 0).sum()
+    token_fns = merged_token_fns([objective] + [r.component for r in regs])
     sums: dict[str, float] = {}
     weight_total = 0.0
     pg_loss_sum = total_loss_sum = 0.0  # micro-batch losses add up to the mini-batch loss
@@ -177,12 +187,13 @@ def accumulate_gradients(model, mini: Batch, recipe: Recipe, objective: Callable
         n_tok = float(micro.response_mask.sum())
         if n_tok == 0:
             continue
-        logprobs, entropy = ops.token_logprobs_and_entropy(
+        logprobs, entropy, current = ops.token_logprobs_and_entropy(
             model, micro.input_ids, micro.attention_mask, chunk_size=recipe.train.logprob_chunk_size,
-            temperature=recipe.rollout.temperature, compute_mask=micro.response_mask,
+            temperature=recipe.rollout.temperature, compute_mask=micro.response_mask, token_fns=token_fns,
         )
+        extras = {**micro.extras, **current}
         per_token_loss, metrics = objective(logprobs, micro.old_logprobs, micro.advantages, micro.token_weights,
-                                            **recipe.objective.params)
+                                            extras=extras)
         denominators = dict(response_mask=micro.response_mask, total_tokens=total_tokens, total_seqs=total_seqs,
                             norm_length=norm_length)
         loss = ops.aggregate(per_token_loss, micro.token_weights, agg.mode, **denominators)
@@ -190,9 +201,9 @@ def accumulate_gradients(model, mini: Batch, recipe: Recipe, objective: Callable
         pg_loss_sum += float(loss.detach())
         ctx = TokenContext(logprobs=logprobs, entropy=entropy, old_logprobs=micro.old_logprobs,
                            ref_logprobs=micro.ref_logprobs, advantages=micro.advantages, mask=micro.token_weights,
-                           batch=micro)
+                           batch=micro, extras=extras)
         for reg in regs:
-            reg_per_token, reg_metrics = reg.fn(ctx, **reg.params)
+            reg_per_token, reg_metrics = reg.component(ctx)
             # Regularizers cover every response token: token_weights masks only the policy-gradient term.
             reg_loss = ops.aggregate(reg_per_token, micro.response_mask, agg.mode, **denominators)
             loss = loss + reg.value() * reg_loss
@@ -210,7 +221,7 @@ def accumulate_gradients(model, mini: Batch, recipe: Recipe, objective: Callable
     return out
 
 
-def policy_update(model, optimizer, scheduler, batch: Batch, recipe: Recipe, objective: Callable,
+def policy_update(model, optimizer, scheduler, batch: Batch, recipe: Recipe, objective: Bound,
                   regs: list[Regularizer], generator: torch.Generator) -> dict[str, float]:
     """PPO-style epochs x mini-batches over one rollout batch; returns token-weighted mean metrics."""
     params = [p for p in model.parameters() if p.requires_grad]
@@ -275,6 +286,28 @@ def run_dir_for(recipe: Recipe, run_dir: str | Path | None = None) -> Path:
     return Path(recipe.logging.output_dir) / (recipe.logging.run_name or recipe.name)
 
 
+def rollout_batch(engine, task, rewards: RewardRunner, recipe: Recipe, examples: list[Example], n: int,
+                  temperature: float, generator: torch.Generator, first_group_id: int, device: torch.device
+                  ) -> tuple[Batch, dict[str, float]]:
+    """Generate n completions per example, score them, and return the Batch plus timing/token counts."""
+    t0 = time.perf_counter()
+    rollout = engine.generate([e.prompt for e in examples], n, temperature=temperature, top_p=recipe.rollout.top_p,
+                              max_new_tokens=recipe.rollout.max_new_tokens, stop=recipe.rollout.stop,
+                              generator=generator)
+    t_rollout = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    samples = [Sample(completion=c, example=examples[p], task=task, num_tokens=nt,
+                      max_tokens=recipe.rollout.max_new_tokens, truncated=(fr == "length"))
+               for c, p, nt, fr in zip(rollout.completions, rollout.prompt_index.tolist(), rollout.num_tokens,
+                                       rollout.finish_reasons)]
+    scored = rewards.score(samples)
+    t_reward = time.perf_counter() - t0
+    batch = build_batch(rollout, examples, samples, scored.rewards, scored.correct, first_group_id, device)
+    stats = {"rollout_s": t_rollout, "reward_s": t_reward, "tokens": float(sum(rollout.num_tokens)),
+             "failures": float(sum(f is not None for f in scored.failures))}
+    return batch, stats
+
+
 def train(recipe: Recipe, *, run_dir: str | Path | None = None, resume: bool = False,
           stop_after: int | None = None, console: Callable[[str], None] = print) -> dict[str, Any]:
     """Run a recipe end to end. ``stop_after`` ends the process-local loop early (to test resume)."""
@@ -289,6 +322,7 @@ def train(recipe: Recipe, *, run_dir: str | Path | None = None, resume: bool = F
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "recipe.yaml").write_text(dump_recipe(recipe))
 
+    # ---- set-up: model, task, engine, rewards, components, optimizer, state ----
     seed_everything(recipe.seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -300,16 +334,17 @@ def train(recipe: Recipe, *, run_dir: str | Path | None = None, resume: bool = F
     task = make_task(recipe.task, recipe.seed, recipe.task.eval_size, "task")
     eval_examples = task.eval_examples()[: recipe.eval.max_prompts]
     engine = registry.get("engine", recipe.rollout.engine)(model, tokenizer, chat_template=recipe.rollout.chat_template,
-                                                           max_batch_size=recipe.rollout.max_batch_size)
+                                                           max_batch_size=recipe.rollout.max_batch_size,
+                                                           **recipe.rollout.engine_params)
     rewards = RewardRunner([r.model_dump() for r in recipe.rewards], timeout_s=recipe.reward_timeout_s)
-    advantage_fn = registry.get("advantage", recipe.advantage.name)
-    objective_fn = registry.get("objective", recipe.objective.name)
-    shapers = [(registry.get("shaping", s.name), registry.meta("shaping", s.name).get("stage", "advantage"), s.params)
-               for s in recipe.shaping]
-    selectors = [(registry.get("selection", s.name), s.params) for s in recipe.selection]
-    regs = [Regularizer(r.name, registry.get("regularizer", r.name), r.params, r.coef,
+    advantage = Bound("advantage", recipe.advantage.name, recipe.advantage.params)
+    objective = Bound("objective", recipe.objective.name, recipe.objective.params)
+    shapers = [Bound("shaping", c.name, c.params) for c in recipe.shaping]
+    selectors = [Bound("selection", c.name, c.params) for c in recipe.selection]
+    regs = [Regularizer(Bound("regularizer", r.name, r.params), r.coef,
                         registry.get("controller", r.controller.name)(**r.controller.params) if r.controller else None)
             for r in recipe.regularizers]
+    components = [advantage, objective, *shapers, *selectors, *(r.component for r in regs)]
     sampler = PromptSampler(task.train_size(), recipe.seed)
     rollout_gen = torch.Generator().manual_seed(recipe.seed + 1)
     update_gen = torch.Generator().manual_seed(recipe.seed + 2)
@@ -333,6 +368,8 @@ def train(recipe: Recipe, *, run_dir: str | Path | None = None, resume: bool = F
         for reg, c_state in zip(regs, saved["controllers"]):
             if reg.controller is not None:
                 reg.controller.load_state_dict(c_state)
+        for comp, c_state in zip(components, saved["components"]):
+            comp.load_state_dict(c_state)
         state = RunState(**saved["run_state"])
         ckpt.set_rng_state(saved["rng"])
         logger.truncate_after(state.step - 1)
@@ -359,6 +396,15 @@ def train(recipe: Recipe, *, run_dir: str | Path | None = None, resume: bool = F
             else:
                 ref_model.load_state_dict(torch.load(ref_path, map_location="cpu", weights_only=True))
 
+    def sample(examples: list[Example], n: int, temperature: float) -> tuple[Batch, dict[str, float]]:
+        batch, stats = rollout_batch(engine, task, rewards, recipe, examples, n, temperature, rollout_gen,
+                                     state.next_group_id, device)
+        state.next_group_id += len(examples)
+        return batch, stats
+
+    score_kw = dict(temperature=recipe.rollout.temperature, micro_batch_size=recipe.train.micro_batch_size,
+                    chunk_size=recipe.train.logprob_chunk_size)
+    old_token_fns = merged_token_fns(components, "old_token_fns")
     progress = Progress(recipe.train.steps, state.step, enabled=recipe.logging.progress)
     start_step = state.step
     for step in range(start_step, recipe.train.steps):
@@ -366,83 +412,70 @@ def train(recipe: Recipe, *, run_dir: str | Path | None = None, resume: bool = F
             break
         model.eval()  # no dropout while sampling and scoring
         t_step = time.perf_counter()
+        step_ctx = StepContext(model=model, tokenizer=tokenizer, engine=engine, task=task, rewards=rewards,
+                               recipe=recipe, step=step, rollout_generator=rollout_gen, device=device, sample=sample)
 
-        # 1. rollouts, rewards, selection (with refills)
+        # 1. rollouts, rewards, selection (refilling from new prompts up to rollout.max_tries rounds)
         kept: list[Batch] = []
-        all_rewards, all_correct, all_groups, failures, finish = [], [], [], 0, []
-        t_rollout = t_reward = 0.0
-        gen_tokens = 0
+        generated: list[Batch] = []
+        totals = {"rollout_s": 0.0, "reward_s": 0.0, "tokens": 0.0, "failures": 0.0}
         kept_groups, tries = 0, 0
         while kept_groups < recipe.rollout.prompts_per_step and tries < recipe.rollout.max_tries:
             tries += 1
             examples = [task.train_example(i) for i in sampler.next(recipe.rollout.prompts_per_step - kept_groups)]
-            t0 = time.perf_counter()
-            rollout = engine.generate([e.prompt for e in examples], recipe.rollout.n,
-                                      temperature=recipe.rollout.temperature, top_p=recipe.rollout.top_p,
-                                      max_new_tokens=recipe.rollout.max_new_tokens, stop=recipe.rollout.stop,
-                                      generator=rollout_gen)
-            t_rollout += time.perf_counter() - t0
-            gen_tokens += sum(rollout.num_tokens)
-            t0 = time.perf_counter()
-            samples = [Sample(completion=c, example=examples[p], task=task, num_tokens=nt,
-                              max_tokens=recipe.rollout.max_new_tokens, truncated=(fr == "length"))
-                       for c, p, nt, fr in zip(rollout.completions, rollout.prompt_index.tolist(), rollout.num_tokens,
-                                               rollout.finish_reasons)]
-            scored = rewards.score(samples)
-            t_reward += time.perf_counter() - t0
-            failures += sum(f is not None for f in scored.failures)
-            batch = build_batch(rollout, examples, scored.rewards, scored.correct, state.next_group_id, device)
-            state.next_group_id += len(examples)
-            all_rewards.append(batch.rewards)
-            all_correct.extend(scored.correct)
-            all_groups.append(batch.group_ids)
-            finish.extend(rollout.finish_reasons)
+            batch, stats = sample(examples, recipe.rollout.n, recipe.rollout.temperature)
+            totals = {k: totals[k] + stats[k] for k in totals}
+            generated.append(batch)
             keep = torch.ones(batch.size, dtype=torch.bool, device=device)
-            for select_fn, params in selectors:
-                keep &= select_fn(batch, **params).to(device)
+            for select in selectors:
+                keep &= select(batch, step_ctx=step_ctx).to(device)
             if keep.any():
                 kept.append(batch.select(keep.nonzero().squeeze(-1).cpu()))
                 kept_groups += int(torch.unique(batch.group_ids[keep]).numel())
-        generated_rewards = torch.cat(all_rewards)
-        generated_groups = torch.cat(all_groups)
+        generated_rewards = torch.cat([b.rewards for b in generated])
+        finish = sum((b.info["finish_reason"] for b in generated), [])
         metrics: dict[str, Any] = {
             "reward/mean": float(generated_rewards.mean()),
             "reward/std": float(generated_rewards.std()) if generated_rewards.numel() > 1 else 0.0,
-            "accuracy": float(np.mean(all_correct)),
-            "reward/failures": failures,
-            "selection/zero_variance_group_frac": diag.zero_variance_group_fraction(generated_rewards,
-                                                                                   generated_groups),
+            "accuracy": float(np.mean(sum((b.info["correct"] for b in generated), []))),
+            "reward/failures": int(totals["failures"]),
+            "selection/zero_variance_group_frac": diag.zero_variance_group_fraction(
+                generated_rewards, torch.cat([b.group_ids for b in generated])),
             "selection/dropped_frac": 1.0 - sum(b.size for b in kept) / generated_rewards.numel(),
             "selection/rounds": tries,
-            "response/length_mean": float(np.mean([int(x) for x in torch.cat([b.response_lengths for b in kept])
-                                                   .tolist()])) if kept else 0.0,
+            "response/length_mean": float(torch.cat([b.response_lengths for b in kept]).mean()) if kept else 0.0,
             "response/truncated_frac": float(np.mean([f == "length" for f in finish])),
         }
 
+        t_score = t_update = 0.0
+        train_tokens = 0.0
+        metrics["actor/optimizer_steps"] = 0
         if kept:
             batch = Batch.concat(kept)
             # 2. score with the policy before the update (and with the reference when a component needs it)
             t0 = time.perf_counter()
-            score_kw = dict(temperature=recipe.rollout.temperature, micro_batch_size=recipe.train.micro_batch_size,
-                            chunk_size=recipe.train.logprob_chunk_size)
-            batch.old_logprobs, batch.old_entropy = score_tokens(model, batch, **score_kw)
+            batch.old_logprobs, batch.old_entropy, old_extras = score_tokens(model, batch, token_fns=old_token_fns,
+                                                                             **score_kw)
+            batch.extras.update(old_extras)
             if ref_model is not None:
-                batch.ref_logprobs, _ = score_tokens(ref_model, batch, **score_kw)
+                batch.ref_logprobs, _, _ = score_tokens(ref_model, batch, **score_kw)
             t_score = time.perf_counter() - t0
 
-            # 3. shaping and advantages
-            for shape_fn, stage, params in shapers:
-                if stage == "reward":
-                    metrics.update({f"shaping/{k}": v for k, v in shape_fn(batch, **params).items()})
-            batch.advantages = advantage_fn(batch, **recipe.advantage.params)
-            for shape_fn, stage, params in shapers:
-                if stage == "advantage":
-                    metrics.update({f"shaping/{k}": v for k, v in shape_fn(batch, **params).items()})
+            # 3. shaping and advantages, then whole-batch preparation (selection rules over all tokens)
+            for shaper in shapers:
+                if shaper.stage == "reward":
+                    metrics.update({f"shaping/{k}": v for k, v in shaper(batch, step_ctx=step_ctx).items()})
+            batch.advantages = advantage(batch, step_ctx=step_ctx)
+            for shaper in shapers:
+                if shaper.stage == "advantage":
+                    metrics.update({f"shaping/{k}": v for k, v in shaper(batch, step_ctx=step_ctx).items()})
+            for comp in (objective, *(r.component for r in regs)):
+                batch.extras.update(comp.prepare(batch, update_gen))
 
             # 4. update
             model.train()
             t0 = time.perf_counter()
-            metrics.update(policy_update(model, optimizer, scheduler, batch, recipe, objective_fn, regs, update_gen))
+            metrics.update(policy_update(model, optimizer, scheduler, batch, recipe, objective, regs, update_gen))
             t_update = time.perf_counter() - t0
 
             # 5. diagnostics of the batch that was optimized
@@ -455,20 +488,20 @@ def train(recipe: Recipe, *, run_dir: str | Path | None = None, resume: bool = F
                 "advantage/mean": diag.masked_mean(batch.advantages, mask),
                 "advantage/abs_mean": diag.masked_mean(batch.advantages.abs(), mask),
                 "kl/behaviour": diag.masked_mean(ops.kl(batch.old_logprobs, batch.behaviour_logprobs, "k3"), mask),
+                "selection/token_weight_mean": diag.masked_mean(batch.token_weights, mask),
             })
             if batch.ref_logprobs is not None:
                 metrics["kl/ref"] = diag.masked_mean(ops.kl(batch.old_logprobs, batch.ref_logprobs, "k3"), mask)
             state.prev_entropy = entropy
             train_tokens = float(batch.attention_mask.sum()) * recipe.train.ppo_epochs
-        else:
-            t_score = t_update = 0.0
-            train_tokens = 0.0
-            metrics["actor/optimizer_steps"] = 0
 
+        short_names = {k.split("/")[-1]: v for k, v in metrics.items()}
         for reg in regs:
             metrics[f"reg/{reg.name}/coef"] = reg.value()
             if reg.controller is not None:
-                reg.controller.update({**metrics, **{k.split("/")[-1]: v for k, v in metrics.items()}})
+                reg.controller.update({**short_names, **metrics})
+        for comp in components:
+            comp.update(metrics)
         state.step = step + 1
         if recipe.eval.every and state.step % recipe.eval.every == 0 and state.step < recipe.train.steps:
             model.eval()
@@ -476,10 +509,10 @@ def train(recipe: Recipe, *, run_dir: str | Path | None = None, resume: bool = F
                                                                  recipe.seed + 3).items()})
         elapsed = time.perf_counter() - t_step
         metrics.update({
-            "time/rollout_s": t_rollout, "time/reward_s": t_reward, "time/score_s": t_score,
+            "time/rollout_s": totals["rollout_s"], "time/reward_s": totals["reward_s"], "time/score_s": t_score,
             "time/update_s": t_update, "time/step_s": elapsed,
-            "tokens_per_s": gen_tokens / max(t_rollout, 1e-9),
-            "time/update_tokens_per_s": train_tokens / max(t_update, 1e-9) if t_update else 0.0,
+            "tokens_per_s": totals["tokens"] / max(totals["rollout_s"], 1e-9),
+            "time/update_tokens_per_s": train_tokens / t_update if t_update else 0.0,
             "peak_mem_mb": peak_memory_mb(),
         })
         if "entropy/mean" in metrics:
@@ -488,7 +521,8 @@ def train(recipe: Recipe, *, run_dir: str | Path | None = None, resume: bool = F
         progress.update(step, metrics)
         every = recipe.checkpoint.every
         if (every and state.step % every == 0) or state.step == recipe.train.steps:
-            save_checkpoint(out_dir, recipe, model, optimizer, scheduler, sampler, rollout_gen, update_gen, regs, state)
+            save_checkpoint(out_dir, recipe, model, optimizer, scheduler, sampler, rollout_gen, update_gen, regs,
+                            components, state)
     progress.close()
 
     summary: dict[str, Any] = {"run_dir": str(out_dir), "steps": state.step, "eval_start": state.eval_start}
@@ -520,7 +554,8 @@ def _state_bytes(model) -> bytes:
     return buf.getvalue()
 
 
-def save_checkpoint(out_dir, recipe, model, optimizer, scheduler, sampler, rollout_gen, update_gen, regs, state):
+def save_checkpoint(out_dir, recipe, model, optimizer, scheduler, sampler, rollout_gen, update_gen, regs, components,
+                    state):
     payload = {
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
@@ -529,6 +564,7 @@ def save_checkpoint(out_dir, recipe, model, optimizer, scheduler, sampler, rollo
         "rollout_gen": rollout_gen.get_state(),
         "update_gen": update_gen.get_state(),
         "controllers": [r.controller.state_dict() if r.controller else None for r in regs],
+        "components": [c.state_dict() for c in components],
         "run_state": vars(state).copy(),
         "rng": ckpt.rng_state(),
         "recipe": recipe.model_dump(mode="json"),

@@ -71,3 +71,4 @@ class TokenContext:
     advantages: Tensor
     mask: Tensor  # token_weights
     batch: Any  # the micro-batch (entropo.batch.Batch)
+    extras: dict[str, Tensor] = field(default_factory=dict)  # batch.extras + this pass's token_fns outputs

@@ -139,3 +139,35 @@ def test_peak_memory_far_below_naive_on_49k_vocab():
     # naive holds several float32 [4, 256, 49152] tensors (200 MB each); chunked at most a few [256, 49152].
     assert naive_mb > 400, results
     assert chunked_mb < 0.3 * naive_mb, results
+
+
+def test_token_fns_hook_matches_full_logits_and_is_differentiable():
+    """The per-token functional hook sees each position's full (temperature-scaled) logits, chunk by chunk."""
+    import torch
+
+    from entropo.models import tiny
+    from entropo.models.logprobs import token_logprobs_and_entropy
+
+    model, _ = tiny(seed=1)
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(4, model.config.vocab_size, (3, 9), generator=g)
+    attn = torch.ones_like(ids)
+    attn[0, :2] = 0
+    T = 0.7
+
+    def top1_prob(logits, target):  # any functional of the distribution
+        return torch.softmax(logits, -1).max(-1).values
+
+    lp, ent, extras = token_logprobs_and_entropy(model, ids, attn, temperature=T, chunk_size=5,
+                                                 token_fns={"top1": top1_prob})
+    pos = (attn.cumsum(-1) - 1).clamp(min=0)
+    full = model(input_ids=ids, attention_mask=attn, position_ids=pos).logits.float() / T
+    expected = torch.softmax(full[:, :-1], -1).max(-1).values
+    scored = (attn[:, 1:] * attn[:, :-1]).bool()
+    torch.testing.assert_close(extras["top1"][:, 1:][scored], expected[scored], rtol=1e-5, atol=1e-6)
+    assert torch.all(extras["top1"][:, 0] == 0) and torch.all(extras["top1"][0, :2] == 0)
+    lp2, ent2 = token_logprobs_and_entropy(model, ids, attn, temperature=T)
+    torch.testing.assert_close(lp, lp2, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(ent, ent2, rtol=1e-5, atol=1e-6)
+    extras["top1"].sum().backward()
+    assert model.get_output_embeddings().weight.grad.abs().sum() > 0

@@ -5,9 +5,8 @@ import pytest
 import torch
 
 from entropo import checkpoint, models, ops
-from entropo.algorithms.objectives import ppo_clip
-from entropo.algorithms.regularizers import entropy as entropy_reg
 from entropo.batch import Batch
+from entropo.components import Bound
 from entropo.config import load_recipe
 from entropo.logging import TIMING_KEYS, read_metrics
 from entropo.trainer import PromptSampler, Regularizer, accumulate_gradients, train
@@ -44,12 +43,12 @@ def test_accumulation_over_4_micro_batches_equals_full_batch(mode, tiny_recipe_o
     model, tok = models.tiny(seed=0)
     batch = _toy_batch(model, tok)
     recipe = load_recipe(None, tiny_recipe_overrides + [f"aggregation.mode={mode}"])
-    regs = [Regularizer("entropy", entropy_reg, {}, 0.01)]
+    regs = [Regularizer(Bound("regularizer", "entropy"), 0.01)]
     grads = []
     for mbs in (8, 2):
         recipe.train.micro_batch_size = mbs
         model.zero_grad()
-        accumulate_gradients(model, batch, recipe, ppo_clip, regs)
+        accumulate_gradients(model, batch, recipe, Bound("objective", "ppo_clip"), regs)
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
     full, accum = grads
     assert full.abs().sum() > 0

@@ -10,6 +10,8 @@ forward or backward.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
@@ -135,7 +137,8 @@ def token_logprobs_and_entropy(
     temperature: float = 1.0,
     compute_mask: Tensor | None = None,
     with_entropy: bool = True,
-) -> tuple[Tensor, Tensor]:
+    token_fns: dict[str, Callable[[Tensor, Tensor], Tensor]] | None = None,
+):
     """Log-prob of every token given its prefix, and the entropy of the predicting distribution.
 
     Returns ``(logprobs [B, L], entropy [B, L])`` in float32, aligned on tokens:
@@ -148,6 +151,12 @@ def token_logprobs_and_entropy(
     response). Everything else — padding, each row's first real token, masked tokens — is 0.
 
     ``chunk_size`` is the number of scored positions whose ``[chunk, V]`` logits exist at once.
+
+    ``token_fns`` is the per-token functional hook for methods that need more of the distribution than the sampled
+    token's log-prob (e.g. a top-p entropy, a KL to a filtered proxy distribution): each ``fn(logits [N, V] fp32,
+    already divided by the temperature, target_ids [N]) -> [N]`` runs on every chunk, differentiably, and the
+    results come back scattered to ``[B, L]`` as a third return value ``{name: Tensor}``. No ``[B, L, V]`` tensor is
+    ever built for them either.
     """
     if input_ids.dim() != 2 or attention_mask.shape != input_ids.shape:
         raise ValueError(f"input_ids and attention_mask must both be [B, L]; got {tuple(input_ids.shape)} "
@@ -167,7 +176,11 @@ def token_logprobs_and_entropy(
 
     logprobs = torch.zeros(batch_size, length, dtype=torch.float32, device=input_ids.device)
     entropy = torch.zeros(batch_size, length, dtype=torch.float32, device=input_ids.device)
+    fn_names = tuple(token_fns or {})
+    fn_list = tuple((token_fns or {})[k] for k in fn_names)
     if row_index.numel() == 0:
+        if token_fns is not None:
+            return logprobs, entropy, {k: torch.zeros_like(logprobs) for k in fn_names}
         return logprobs, entropy
 
     hidden = _decoder_hidden_states(model, input_ids, attention_mask, position_ids)  # [B, L, H]
@@ -177,7 +190,7 @@ def token_logprobs_and_entropy(
     lm_head = model.get_output_embeddings()
     transform = _logit_transform(model)
 
-    if transform is None and type(lm_head) is torch.nn.Linear:
+    if transform is None and type(lm_head) is torch.nn.Linear and not fn_list:
         # The common case: a plain linear head gets the fused chunk kernel (closed-form backward).
         logprob_chunks, entropy_chunks = [], []
         for start in range(0, scoring_hidden.shape[0], chunk_size):
@@ -188,23 +201,42 @@ def token_logprobs_and_entropy(
             entropy_chunks.append(chunk_entropy)
         logprobs = logprobs.index_put((row_index, token_index), torch.cat(logprob_chunks))
         entropy = entropy.index_put((row_index, token_index), torch.cat(entropy_chunks))
-        return logprobs, entropy
+        return (logprobs, entropy) if token_fns is None else (logprobs, entropy, {})
 
     # Any other head (or a logit transform): autograd through the chunk under checkpointing. Recompute each chunk's logits in backward instead of keeping [chunk, V] tensors alive for every chunk.
     use_checkpoint = torch.is_grad_enabled() and (
         scoring_hidden.requires_grad or any(p.requires_grad for p in lm_head.parameters())
     )
-    logprob_chunks, entropy_chunks = [], []
+    chunks: list[tuple[Tensor, ...]] = []
     for start in range(0, scoring_hidden.shape[0], chunk_size):
         args = (scoring_hidden[start:start + chunk_size], target_ids[start:start + chunk_size], lm_head, transform,
-                float(temperature), with_entropy)
+                float(temperature), with_entropy, fn_list)
         if use_checkpoint:
-            chunk_logprob, chunk_entropy = checkpoint(_chunk_logprob_entropy, *args, use_reentrant=False)
+            chunks.append(checkpoint(_chunk_stats, *args, use_reentrant=False))
         else:
-            chunk_logprob, chunk_entropy = _chunk_logprob_entropy(*args)
-        logprob_chunks.append(chunk_logprob)
-        entropy_chunks.append(chunk_entropy)
+            chunks.append(_chunk_stats(*args))
+    columns = [torch.cat(col) for col in zip(*chunks)]
+    logprobs = logprobs.index_put((row_index, token_index), columns[0])
+    entropy = entropy.index_put((row_index, token_index), columns[1])
+    if token_fns is None:
+        return logprobs, entropy
+    extras = {name: torch.zeros_like(logprobs).index_put((row_index, token_index), col.float())
+              for name, col in zip(fn_names, columns[2:])}
+    return logprobs, entropy, extras
 
-    logprobs = logprobs.index_put((row_index, token_index), torch.cat(logprob_chunks))
-    entropy = entropy.index_put((row_index, token_index), torch.cat(entropy_chunks))
-    return logprobs, entropy
+
+def _chunk_stats(hidden_chunk, target_ids, lm_head, transform, temperature, with_entropy, fns):
+    """Log-prob and entropy of one chunk, plus each per-token functional of the (temperature-scaled) logits."""
+    if not fns:
+        return _chunk_logprob_entropy(hidden_chunk, target_ids, lm_head, transform, temperature, with_entropy)
+    logits = lm_head(hidden_chunk)
+    if transform is not None:
+        logits = transform(logits)
+    logits = logits.float()
+    if temperature != 1.0:
+        logits = logits / temperature
+    log_normalizer = torch.logsumexp(logits, dim=-1)
+    target_logprob = logits.gather(-1, target_ids[:, None]).squeeze(-1) - log_normalizer
+    entropy = log_normalizer - (torch.softmax(logits, dim=-1) * logits).sum(-1) if with_entropy \
+        else torch.zeros_like(target_logprob)
+    return (target_logprob, entropy) + tuple(fn(logits, target_ids) for fn in fns)

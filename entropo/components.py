@@ -1,0 +1,109 @@
+"""Binding registered components to their recipe parameters, and the optional hooks the trainer honours.
+
+A component is a function registered in ``entropo.registry`` (or a class, when it keeps state across steps: it is
+built once with the recipe params, called like the function, and checkpointed through ``state_dict``). Beyond its
+kind's signature, a component can opt into these hooks — all generic, so a new method never needs an ``if`` in the
+trainer:
+
+- ``step_ctx``: if the callable has a parameter named ``step_ctx``, it receives the ``StepContext`` (engine,
+  tokenizer, task, reward runner, recipe, step) — for methods that sample extra rollouts or need the tokenizer.
+- ``extras``: if an objective has a parameter named ``extras``, it receives the micro-batch's ``Batch.extras`` plus
+  the current pass's ``token_fns`` outputs (regularizers get the same dict as ``TokenContext.extras``).
+- ``prepare(batch, generator, **params) -> {name: Tensor [B, ...]}`` (registry meta ``prepare=``, or a method on a
+  class component): runs once on the **whole** optimized batch after advantages and before the update; results go
+  into ``batch.extras``. This is where batch-level selection rules live (top-k / quantiles over all tokens), so they
+  never depend on the micro-batch split.
+- ``token_fns(**params) -> {name: fn(logits [N, V], target_ids [N]) -> [N]}`` (meta ``token_fns=``): per-token
+  functionals of the current policy's full distribution, computed chunk by chunk in the training forward pass
+  (differentiable). ``old_token_fns`` is the same for the no-grad scoring pass of the policy before the update;
+  its outputs are stored in ``batch.extras``.
+- ``update(metrics)`` on a class component: called after every step with that step's metrics.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+
+from entropo import registry
+
+
+@dataclass
+class StepContext:
+    """What a component may use besides the batch (passed when it asks for ``step_ctx``)."""
+
+    model: Any
+    tokenizer: Any
+    engine: Any
+    task: Any
+    rewards: Any
+    recipe: Any
+    step: int
+    rollout_generator: torch.Generator
+    device: torch.device
+    sample: Callable[..., Any]  # sample(examples, n, temperature) -> Batch with rewards (see trainer.rollout_batch)
+
+
+class Bound:
+    """A registered component with its params bound."""
+
+    def __init__(self, kind: str, name: str, params: dict[str, Any] | None = None):
+        obj = registry.get(kind, name)
+        self.kind, self.name, self.meta = kind, name, registry.meta(kind, name)
+        params = dict(params or {})
+        if inspect.isclass(obj):
+            self.instance = obj(**params)
+            self.fn, self.params = self.instance, {}
+        else:
+            self.instance, self.fn, self.params = None, obj, params
+        sig = inspect.signature(self.fn)
+        self.takes_step_ctx = "step_ctx" in sig.parameters
+        self.takes_extras = "extras" in sig.parameters
+        self.stage = self.meta.get("stage", "advantage")
+
+    def __call__(self, *args: Any, step_ctx: StepContext | None = None, extras: dict | None = None) -> Any:
+        kw = dict(self.params)
+        if self.takes_step_ctx:
+            kw["step_ctx"] = step_ctx
+        if self.takes_extras:
+            kw["extras"] = extras if extras is not None else {}
+        return self.fn(*args, **kw)
+
+    def _hook(self, key: str) -> tuple[Callable[..., Any] | None, dict[str, Any]]:
+        if self.instance is not None and callable(getattr(self.instance, key, None)):
+            return getattr(self.instance, key), {}
+        return self.meta.get(key), self.params
+
+    def prepare(self, batch: Any, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        hook, kw = self._hook("prepare")
+        return hook(batch, generator=generator, **kw) if hook is not None else {}
+
+    def token_fns(self, which: str = "token_fns") -> dict[str, Callable[..., torch.Tensor]]:
+        hook, kw = self._hook(which)
+        return hook(**kw) if hook is not None else {}
+
+    def update(self, metrics: dict[str, Any]) -> None:
+        if self.instance is not None and callable(getattr(self.instance, "update", None)):
+            self.instance.update(metrics)
+
+    def state_dict(self) -> Any:
+        if self.instance is not None and callable(getattr(self.instance, "state_dict", None)):
+            return self.instance.state_dict()
+        return None
+
+    def load_state_dict(self, state: Any) -> None:
+        if state is not None and self.instance is not None:
+            self.instance.load_state_dict(state)
+
+
+def merged_token_fns(components: list[Bound], which: str = "token_fns") -> dict[str, Callable[..., torch.Tensor]]:
+    out: dict[str, Callable[..., torch.Tensor]] = {}
+    for c in components:
+        for name, fn in c.token_fns(which).items():
+            if name in out:
+                raise ValueError(f"two components define the per-token function {name!r}")
+            out[name] = fn
+    return out
