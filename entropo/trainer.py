@@ -253,7 +253,7 @@ def evaluate(engine, task, examples: list[Example], recipe: Recipe, seed: int) -
     """pass@k on held-out prompts (greedy pass@1 when eval.temperature == 0)."""
     ev, ro = recipe.eval, recipe.rollout
     n = ev.n if ev.temperature > 0 else 1
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator(device=next(engine.model.parameters()).device).manual_seed(seed)
     out = engine.generate([e.prompt for e in examples], n, temperature=ev.temperature, top_p=ro.top_p,
                           max_new_tokens=ro.max_new_tokens, stop=ro.stop, generator=gen)
     correct = [False] * len(out.completions)
@@ -346,7 +346,7 @@ def train(recipe: Recipe, *, run_dir: str | Path | None = None, resume: bool = F
             for r in recipe.regularizers]
     components = [advantage, objective, *shapers, *selectors, *(r.component for r in regs)]
     sampler = PromptSampler(task.train_size(), recipe.seed)
-    rollout_gen = torch.Generator().manual_seed(recipe.seed + 1)
+    rollout_gen = torch.Generator(device=device).manual_seed(recipe.seed + 1)  # on the sampling device
     update_gen = torch.Generator().manual_seed(recipe.seed + 2)
     total_opt_steps = recipe.train.steps * recipe.train.ppo_epochs * recipe.train.mini_batches
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=recipe.optimizer.lr,

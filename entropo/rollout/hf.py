@@ -72,7 +72,10 @@ def _sample_step(next_logits: Tensor, temperature: float, top_p: float,
         scaled = scaled.masked_fill(drop, float("-inf"))
     logprobs = torch.log_softmax(scaled, dim=-1)  # [B, V]
     probs = logprobs.exp()
-    token_ids = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    if generator.device != probs.device:  # a CPU generator with a GPU model: sample on the generator's device
+        token_ids = torch.multinomial(probs.to(generator.device), 1, generator=generator).squeeze(-1).to(probs.device)
+    else:
+        token_ids = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
     token_logprob = logprobs.gather(-1, token_ids[:, None]).squeeze(-1)
     # 0 * log 0 = 0 for tokens removed by top-p (their log-prob is -inf).
     entropy = -(probs * logprobs.masked_fill(probs == 0, 0.0)).sum(-1)
