@@ -124,8 +124,11 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 class Progress:
     """A live bar: step, reward, accuracy, entropy, KL, tokens/s. Falls back to plain lines when not a TTY."""
 
-    FIELDS = (("reward", "reward/mean", "{:.3f}"), ("acc", "accuracy", "{:.2f}"), ("H", "entropy/mean", "{:.3f}"),
-              ("KL", "kl/ref", "{:.4f}"), ("tok/s", "tokens_per_s", "{:.0f}"))
+    # (label, metric keys in order of preference, format): KL is to the reference when there is one, else the
+    # approximate KL between the policy before and after the update.
+    FIELDS = (("reward", ("reward/mean",), "{:.3f}"), ("acc", ("accuracy",), "{:.2f}"),
+              ("H", ("entropy/mean",), "{:.3f}"), ("KL", ("kl/ref", "actor/approx_kl_old"), "{:.4f}"),
+              ("tok/s", ("tokens_per_s",), "{:.0f}"))
 
     def __init__(self, total: int, start: int = 0, enabled: bool = True):
         self.enabled = enabled
@@ -144,9 +147,9 @@ class Progress:
 
     def _info(self, m: dict[str, Any]) -> str:
         parts = []
-        for label, key, fmt in self.FIELDS:
-            v = m.get(key)
-            if isinstance(v, (int, float)):
+        for label, keys, fmt in self.FIELDS:
+            v = next((m[k] for k in keys if isinstance(m.get(k), (int, float))), None)
+            if v is not None:
                 parts.append(f"{label} {fmt.format(v)}")
         return "  ".join(parts)
 
