@@ -178,6 +178,31 @@ def plot(run_dir: Path = typer.Argument(..., help="Run directory holding metrics
         console.print(str(p))
 
 
+@app.command()
+def cliff(
+    recipe: Optional[str] = typer.Argument(None, help="Recipe YAML or shipped recipe name (default: demo)."),
+    set_: list[str] = typer.Option([], "--set", help="Override a recipe field (repeatable)."),
+    perturbation: str = typer.Option("flip", help="'flip' a fraction of rewards, or 'mix' in a second reward."),
+    flip_fraction: float = typer.Option(0.1, help="Fraction of the batch's rewards to flip."),
+    second_reward: str = typer.Option("format", help="Reward mixed in by --perturbation mix."),
+    mix_weight: float = typer.Option(0.1, help="Weight of the second reward."),
+    entropy_coef: float = typer.Option(0.01, help="Entropy-bonus coefficient of the regularized runs."),
+    updates: int = typer.Option(1, help="Updates on the one rollout batch."),
+):
+    """Policy-cliff diagnostic (arXiv 2507.20150): how far a small reward perturbation moves one update's policy,
+    with and without entropy regularization."""
+    from entropo.cliff import policy_cliff
+    from entropo.config import ConfigError, load_recipe
+
+    try:
+        rec = load_recipe(resolve_recipe(recipe), ["logging.progress=false", *set_])
+        policy_cliff(rec, perturbation=perturbation, flip_fraction=flip_fraction, second_reward=second_reward,
+                     mix_weight=mix_weight, entropy_coef=entropy_coef, updates=updates,
+                     console=lambda text: console.print(text, highlight=False))  # prints its table
+    except (ConfigError, ValueError) as e:
+        _fail(str(e))
+
+
 @models_app.command("pull")
 def models_pull(name: str = typer.Argument("smollm2-135m-instruct", help="Model alias."),
                 cache_dir: Optional[Path] = typer.Option(None, help="Cache dir (default ~/.cache/entropo/models).")):

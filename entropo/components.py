@@ -6,7 +6,8 @@ kind's signature, a component can opt into these hooks — all generic, so a new
 trainer:
 
 - ``step_ctx``: if the callable has a parameter named ``step_ctx``, it receives the ``StepContext`` (engine,
-  tokenizer, task, reward runner, recipe, step) — for methods that sample extra rollouts or need the tokenizer.
+  tokenizer, task, reward runner, recipe, step, and ``sample``/``score`` to draw and score extra rollouts exactly as
+  the loop does) — for methods that add rollouts or need the tokenizer.
 - ``extras``: if an objective has a parameter named ``extras``, it receives the micro-batch's ``Batch.extras`` plus
   the current pass's ``token_fns`` outputs (regularizers get the same dict as ``TokenContext.extras``).
 - ``prepare(batch, generator, **params) -> {name: Tensor [B, ...]}`` (registry meta ``prepare=``, or a method on a
@@ -44,7 +45,8 @@ class StepContext:
     step: int
     rollout_generator: torch.Generator
     device: torch.device
-    sample: Callable[..., Any]  # sample(examples, n, temperature) -> Batch with rewards (see trainer.rollout_batch)
+    sample: Callable[..., Any]  # sample(examples, n, temperature) -> (Batch with rewards, stats)
+    score: Callable[..., Any]  # score(batch): fill old_logprobs, old_entropy, old_token_fns extras, ref_logprobs
 
 
 class Bound:

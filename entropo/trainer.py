@@ -201,7 +201,7 @@ def accumulate_gradients(model, mini: Batch, recipe: Recipe, objective: Bound, r
         pg_loss_sum += float(loss.detach())
         ctx = TokenContext(logprobs=logprobs, entropy=entropy, old_logprobs=micro.old_logprobs,
                            ref_logprobs=micro.ref_logprobs, advantages=micro.advantages, mask=micro.token_weights,
-                           batch=micro, extras=extras)
+                           batch=micro, extras=extras, aggregation=agg.mode, norm_length=norm_length)
         for reg in regs:
             reg_per_token, reg_metrics = reg.component(ctx)
             # Regularizers cover every response token: token_weights masks only the policy-gradient term.
@@ -405,6 +405,14 @@ def train(recipe: Recipe, *, run_dir: str | Path | None = None, resume: bool = F
     score_kw = dict(temperature=recipe.rollout.temperature, micro_batch_size=recipe.train.micro_batch_size,
                     chunk_size=recipe.train.logprob_chunk_size)
     old_token_fns = merged_token_fns(components, "old_token_fns")
+
+    def score(batch: Batch) -> None:
+        """The pre-update scoring pass: policy log-probs/entropy, old_token_fns outputs, reference log-probs."""
+        batch.old_logprobs, batch.old_entropy, old_extras = score_tokens(model, batch, token_fns=old_token_fns,
+                                                                         **score_kw)
+        batch.extras.update(old_extras)
+        if ref_model is not None:
+            batch.ref_logprobs, _, _ = score_tokens(ref_model, batch, **score_kw)
     progress = Progress(recipe.train.steps, state.step, enabled=recipe.logging.progress)
     start_step = state.step
     for step in range(start_step, recipe.train.steps):
@@ -413,7 +421,8 @@ def train(recipe: Recipe, *, run_dir: str | Path | None = None, resume: bool = F
         model.eval()  # no dropout while sampling and scoring
         t_step = time.perf_counter()
         step_ctx = StepContext(model=model, tokenizer=tokenizer, engine=engine, task=task, rewards=rewards,
-                               recipe=recipe, step=step, rollout_generator=rollout_gen, device=device, sample=sample)
+                               recipe=recipe, step=step, rollout_generator=rollout_gen, device=device, sample=sample,
+                               score=score)
 
         # 1. rollouts, rewards, selection (refilling from new prompts up to rollout.max_tries rounds)
         kept: list[Batch] = []
@@ -454,11 +463,7 @@ def train(recipe: Recipe, *, run_dir: str | Path | None = None, resume: bool = F
             batch = Batch.concat(kept)
             # 2. score with the policy before the update (and with the reference when a component needs it)
             t0 = time.perf_counter()
-            batch.old_logprobs, batch.old_entropy, old_extras = score_tokens(model, batch, token_fns=old_token_fns,
-                                                                             **score_kw)
-            batch.extras.update(old_extras)
-            if ref_model is not None:
-                batch.ref_logprobs, _, _ = score_tokens(ref_model, batch, **score_kw)
+            score(batch)
             t_score = time.perf_counter() - t0
 
             # 3. shaping and advantages, then whole-batch preparation (selection rules over all tokens)

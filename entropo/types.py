@@ -72,3 +72,5 @@ class TokenContext:
     mask: Tensor  # token_weights
     batch: Any  # the micro-batch (entropo.batch.Batch)
     extras: dict[str, Tensor] = field(default_factory=dict)  # batch.extras + this pass's token_fns outputs
+    aggregation: str = "token-mean"  # the recipe's aggregation mode (for regularizers defined on a scalar)
+    norm_length: int | None = None  # the constant of seq-mean-token-sum-norm

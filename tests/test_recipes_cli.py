@@ -92,3 +92,12 @@ def test_cli_train_resume_plot_eval(tmp_path):
                               "--n", "2", "--k", "1,2", "--size", "4", "--max-new-tokens", "3"])
     assert res.exit_code == 0, res.output
     assert "pass@1" in res.output and "pass@2" in res.output
+
+
+def test_cli_policy_cliff_reports_both_regularizations():
+    args = ["cliff", "demo", "--updates", "2", "--flip-fraction", "0.25"]
+    for item in ["warmup.steps=20", "rollout.prompts_per_step=4", "rollout.n=4", "task.eval_size=4"]:
+        args += ["--set", item]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert "ratio none / entropy" in res.output and "entropy coef 0.01" in res.output

@@ -1,3 +1,21 @@
-"""Built-in algorithm components; importing this package registers them (see ``entropo.registry``)."""
+"""Built-in algorithm components; importing this package registers them (see ``entropo.registry``).
+
+Core kinds live in one module each (advantages, objectives, regularizers, selection, shaping, controllers); each
+entropy-control method of the source papers has its own module named after it.
+"""
 
 from entropo.algorithms import advantages, controllers, objectives, regularizers, selection, shaping  # noqa: F401
+from entropo.algorithms import (  # noqa: F401
+    aepo,
+    ares,
+    empg,
+    empo,
+    entropy_mechanism,
+    entropy_quantile,
+    epo,
+    ettrl,
+    lp_reg,
+    seed_grpo,
+    siren,
+    steer,
+)

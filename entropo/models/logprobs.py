@@ -51,9 +51,10 @@ def _logit_transform(model):
     return transform
 
 
-def _chunk_logprob_entropy(hidden_chunk: Tensor, target_ids: Tensor, lm_head, transform, temperature: float,
-                           with_entropy: bool) -> tuple[Tensor, Tensor]:
-    """For ``hidden_chunk [N, H]`` and ``target_ids [N]``: log-prob of each target and entropy, both ``[N]`` fp32."""
+def _chunk_stats(hidden_chunk: Tensor, target_ids: Tensor, lm_head, transform, temperature: float,
+                 with_entropy: bool, fns: tuple = ()) -> tuple[Tensor, ...]:
+    """For ``hidden_chunk [N, H]`` and ``target_ids [N]``: log-prob of each target and entropy, both ``[N]`` fp32,
+    then each per-token functional ``fn(logits [N, V], target_ids) -> [N]`` of the temperature-scaled logits."""
     logits = lm_head(hidden_chunk)
     if transform is not None:
         logits = transform(logits)
@@ -63,12 +64,12 @@ def _chunk_logprob_entropy(hidden_chunk: Tensor, target_ids: Tensor, lm_head, tr
         logits = logits / temperature
     log_normalizer = torch.logsumexp(logits, dim=-1)  # [N]
     target_logprob = logits.gather(-1, target_ids[:, None]).squeeze(-1) - log_normalizer
-    if not with_entropy:
-        return target_logprob, torch.zeros_like(target_logprob)
-    probs = torch.softmax(logits, dim=-1)
-    # H = -sum p log p = logsumexp(z) - sum p z
-    entropy = log_normalizer - (probs * logits).sum(-1)
-    return target_logprob, entropy
+    if with_entropy:
+        # H = -sum p log p = logsumexp(z) - sum p z
+        entropy = log_normalizer - (torch.softmax(logits, dim=-1) * logits).sum(-1)
+    else:
+        entropy = torch.zeros_like(target_logprob)
+    return (target_logprob, entropy) + tuple(fn(logits, target_ids) for fn in fns)
 
 
 class _LinearLogprobEntropy(torch.autograd.Function):
@@ -224,19 +225,3 @@ def token_logprobs_and_entropy(
               for name, col in zip(fn_names, columns[2:])}
     return logprobs, entropy, extras
 
-
-def _chunk_stats(hidden_chunk, target_ids, lm_head, transform, temperature, with_entropy, fns):
-    """Log-prob and entropy of one chunk, plus each per-token functional of the (temperature-scaled) logits."""
-    if not fns:
-        return _chunk_logprob_entropy(hidden_chunk, target_ids, lm_head, transform, temperature, with_entropy)
-    logits = lm_head(hidden_chunk)
-    if transform is not None:
-        logits = transform(logits)
-    logits = logits.float()
-    if temperature != 1.0:
-        logits = logits / temperature
-    log_normalizer = torch.logsumexp(logits, dim=-1)
-    target_logprob = logits.gather(-1, target_ids[:, None]).squeeze(-1) - log_normalizer
-    entropy = log_normalizer - (torch.softmax(logits, dim=-1) * logits).sum(-1) if with_entropy \
-        else torch.zeros_like(target_logprob)
-    return (target_logprob, entropy) + tuple(fn(logits, target_ids) for fn in fns)

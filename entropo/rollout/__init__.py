@@ -2,5 +2,6 @@
 built-in engines (``("engine", "hf")``: in-process Hugging Face sampling with a KV cache)."""
 
 from entropo.rollout.hf import HFEngine
+from entropo.rollout.tree import HFTreeEngine  # noqa: F401  (registers ("engine", "hf_tree"))
 
 __all__ = ["HFEngine"]

@@ -47,6 +47,29 @@ def _max_positions(model) -> int | None:
     return None
 
 
+def check_sampling_args(n: int, temperature: float, top_p: float, max_new_tokens: int,
+                        stop: str | Sequence[str]) -> list[str]:
+    """Validate the sampling arguments of ``generate``; returns the non-empty stop strings as a list."""
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if isinstance(stop, str):
+        stop = [stop]
+    return [s for s in stop if s]
+
+
+def default_generator(device) -> torch.Generator:
+    """A generator seeded from the global torch RNG (reproducible under ``torch.manual_seed``)."""
+    generator = torch.Generator(device=device)
+    generator.manual_seed(int(torch.randint(0, 2**62, (1,)).item()))
+    return generator
+
+
 def _sample_step(next_logits: Tensor, temperature: float, top_p: float,
                  generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
     """Sample one token per row from ``next_logits [B, V]``.
@@ -141,21 +164,9 @@ class HFEngine:
         that completes any string of ``stop`` (kept; later tokens are dropped), or after ``max_new_tokens``.
         Without a ``generator`` one is seeded from the global torch RNG (reproducible under ``torch.manual_seed``).
         """
-        if n < 1:
-            raise ValueError(f"n must be >= 1, got {n}")
-        if temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {temperature}")
-        if not 0 < top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-        if max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-        if isinstance(stop, str):
-            stop = [stop]
-        stop = [s for s in stop if s]
+        stop = check_sampling_args(n, temperature, top_p, max_new_tokens, stop)
         device = next(self.model.parameters()).device
-        if generator is None:
-            generator = torch.Generator(device=device)
-            generator.manual_seed(int(torch.randint(0, 2**62, (1,)).item()))
+        generator = generator if generator is not None else default_generator(device)
 
         prompt_token_ids = [self.encode_prompt(p) for p in prompts]
         longest_prompt = max((len(p) for p in prompt_token_ids), default=0)
