@@ -7,7 +7,8 @@ Read ``train()`` top to bottom: every method-specific piece is a registered comp
      selection filters, refilling from new prompts up to ``rollout.max_tries`` rounds;
   2. score the kept tokens with the current policy (old log-probs, entropy) and the reference model if a component
      needs it;
-  3. reward-stage shaping, advantage estimator, advantage-stage shaping;
+  3. reward-stage shaping, advantage estimator, advantage-stage shaping, then each objective/regularizer's
+     whole-batch ``prepare`` hook (batch-level token selection; see entropo/components.py);
   4. ``ppo_epochs`` x ``mini_batches`` optimizer steps, each accumulating gradients over micro-batches with the
      aggregation's denominators taken over the whole mini-batch (so accumulation equals one big batch);
   5. diagnostics, metrics.jsonl/TensorBoard, controllers, checkpoint, periodic held-out eval.
@@ -32,8 +33,8 @@ from entropo import models, ops, registry
 from entropo.batch import Batch
 from entropo.config import ConfigError, Recipe, check_components, dump_recipe
 from entropo.logging import MetricsLogger, Progress
-from entropo.rewards.runner import RewardRunner
 from entropo.components import Bound, StepContext, merged_token_fns
+from entropo.rewards.runner import RewardRunner
 from entropo.types import Example, RolloutOutput, Sample, TokenContext
 
 

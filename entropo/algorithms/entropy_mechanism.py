@@ -43,7 +43,7 @@ from torch import Tensor
 
 from entropo import ops
 from entropo.algorithms.objectives import (
-    _ratio_metrics,
+    ratio_metrics,
     clipped_surrogate,
     importance_ratio,
 )
@@ -131,7 +131,7 @@ class ClipCov:
         ratio = importance_ratio(logprobs, old_logprobs)
         # masked_fill, not a product with a detached copy: the selected entries get exactly zero gradient.
         loss = clipped_surrogate(ratio, advantages, self.clip_low, self.clip_high).masked_fill(selected, 0.0)
-        metrics = _ratio_metrics(ratio, logprobs, old_logprobs, advantages, mask, self.clip_low, self.clip_high)
+        metrics = ratio_metrics(ratio, logprobs, old_logprobs, advantages, mask, self.clip_low, self.clip_high)
         metrics["cov_selected_frac"] = ops.masked_mean(selected.float(), (mask > 0).float())
         return loss, metrics
 
@@ -165,7 +165,7 @@ class KLCov:
         loss = -advantages * ratio + (self.kl_coef * abs_log_ratio).where(selected, 0.0)
         active = (mask > 0).float()
         # KL-Cov has no clip, but the clip fractions at 0.2 still say how far off-policy the mini-batch is.
-        metrics = _ratio_metrics(ratio, logprobs, old_logprobs, advantages, mask, 0.2, 0.2)
+        metrics = ratio_metrics(ratio, logprobs, old_logprobs, advantages, mask, 0.2, 0.2)
         metrics["cov_selected_frac"] = ops.masked_mean(selected.float(), active)
         metrics["abs_log_ratio"] = ops.masked_mean(abs_log_ratio.detach(), active)
         return loss, metrics

@@ -43,7 +43,7 @@ from torch import Tensor
 
 from entropo import ops
 from entropo.algorithms.objectives import (
-    _ratio_metrics,
+    ratio_metrics,
     clipped_surrogate,
     importance_ratio,
 )
@@ -150,7 +150,7 @@ def lp_reg(
     regularized = selected & (logprobs.detach() < proxy_logprobs) & (proxy_logprobs > FILTERED_LOGPROB)
     proxy_kl = ops.kl(logprobs, proxy_logprobs, kl_kind)
     loss = torch.where(regularized, -advantages * ratio + beta * proxy_kl, clipped_loss)
-    metrics = _ratio_metrics(ratio, logprobs, old_logprobs, advantages, mask, clip_low, clip_high)
+    metrics = ratio_metrics(ratio, logprobs, old_logprobs, advantages, mask, clip_low, clip_high)
     active = (mask > 0).float()
     metrics["reg_frac"] = ops.masked_mean(regularized.float(), active)
     metrics["selected_frac"] = ops.masked_mean(selected.float(), active)

@@ -35,7 +35,7 @@ def clipped_surrogate(ratio: Tensor, advantages: Tensor, clip_low: float, clip_h
     return torch.maximum(unclipped, clipped)
 
 
-def _ratio_metrics(
+def ratio_metrics(
     ratio: Tensor,
     logprobs: Tensor,
     old_logprobs: Tensor,
@@ -69,7 +69,7 @@ def ppo_clip(
     DAPO's clip-higher is ``clip_high=0.28``. At rho = 1 the gradient is -A * grad(logprobs)."""
     ratio = importance_ratio(logprobs, old_logprobs)
     loss = clipped_surrogate(ratio, advantages, clip_low, clip_high)
-    return loss, _ratio_metrics(ratio, logprobs, old_logprobs, advantages, mask, clip_low, clip_high)
+    return loss, ratio_metrics(ratio, logprobs, old_logprobs, advantages, mask, clip_low, clip_high)
 
 
 @register("objective", "dual_clip", paper="Dual-clip PPO (Ye et al. 2020), arXiv 1912.09729")
@@ -94,7 +94,7 @@ def dual_clip(
     cap = -advantages * clip_c
     negative = advantages < 0
     loss = torch.where(negative, torch.minimum(clip_loss, cap), clip_loss)
-    metrics = _ratio_metrics(ratio, logprobs, old_logprobs, advantages, mask, clip_low, clip_high)
+    metrics = ratio_metrics(ratio, logprobs, old_logprobs, advantages, mask, clip_low, clip_high)
     capped = (negative & (clip_loss.detach() > cap)).float()
     metrics["clip_frac_dual"] = ops.masked_mean(capped, (mask > 0).float())
     return loss, metrics
@@ -128,4 +128,4 @@ def gspo(
     log_token_ratio = log_seq_ratio.detach()[:, None] + logprobs - logprobs.detach()  # [B, L], value = log s_i
     seq_ratio = torch.exp(log_token_ratio.clamp(max=10.0))
     loss = clipped_surrogate(seq_ratio, advantages, clip_low, clip_high)
-    return loss, _ratio_metrics(seq_ratio, logprobs, old_logprobs, advantages, mask, clip_low, clip_high)
+    return loss, ratio_metrics(seq_ratio, logprobs, old_logprobs, advantages, mask, clip_low, clip_high)
