@@ -17,7 +17,7 @@ from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
 
-def _decoder_hidden_states(model, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor) -> Tensor:
+def decoder_hidden_states(model, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor) -> Tensor:
     """Final hidden states ``[B, L, H]`` (after the last norm), without running the LM head."""
     decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
     if decoder is not None and decoder is not model:
@@ -184,7 +184,7 @@ def token_logprobs_and_entropy(
             return logprobs, entropy, {k: torch.zeros_like(logprobs) for k in fn_names}
         return logprobs, entropy
 
-    hidden = _decoder_hidden_states(model, input_ids, attention_mask, position_ids)  # [B, L, H]
+    hidden = decoder_hidden_states(model, input_ids, attention_mask, position_ids)  # [B, L, H]
     # Token t is predicted from the hidden state at t-1.
     scoring_hidden = hidden[row_index, token_index - 1]  # [N, H]
     target_ids = input_ids[row_index, token_index]  # [N]

@@ -3,7 +3,7 @@
 (length.py, DAPO). :class:`RewardRunner` (runner.py) composes weighted rewards with per-call timeouts and never raises
 on a failing reward."""
 
-from entropo.rewards import format, length, verifiers  # noqa: F401  (registers the rewards)
+from entropo.rewards import format, length, tool_efficiency, verifiers  # noqa: F401  (registers the rewards)
 from entropo.rewards.runner import RewardResult, RewardRunner, call_with_timeout
 
 __all__ = ["RewardResult", "RewardRunner", "call_with_timeout"]

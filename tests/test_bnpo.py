@@ -1,0 +1,96 @@
+"""BNPO (arXiv 2506.02864): Beta-normalised advantage (spec section 10 toy (f)), fallbacks, running moments,
+advantage decomposition, state_dict round trip."""
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from entropo.algorithms.bnpo import BNPO, beta_parameters
+from entropo.batch import Batch
+from entropo.components import Bound
+
+
+def make_batch(rewards, groups, length=3) -> Batch:
+    rows = len(rewards)
+    mask = torch.ones(rows, length)
+    mask[0, -1] = 0.0  # one padded token: advantages must be 0 there
+    return Batch(input_ids=torch.zeros(rows, length, dtype=torch.long),
+                 attention_mask=torch.ones(rows, length, dtype=torch.long), response_mask=mask,
+                 rewards=torch.tensor(rewards, dtype=torch.float32), group_ids=torch.tensor(groups),
+                 info={"sample": list(range(rows))})
+
+
+TOY = ([1, 0, 0, 1, 1, 0], [0, 0, 0, 1, 1, 1])
+
+
+def test_spec_toy_values():
+    # p = 1/3, 2/3 -> mu = 0.5, var = 0.055556 -> mu(1-mu)/var - 1 = 3.5 -> a = b = 1.75 -> alpha = beta = 1.583333
+    # Beta(1.58333, 1.58333) pdf at 1/3 = 1.226398 -> 1/pdf = 0.815396; A = (r - p) * 0.815396
+    comp = Bound("advantage", "bnpo")
+    adv = comp(make_batch(*TOY))
+    expected = torch.tensor([0.54360, -0.27180, -0.27180, 0.27180, 0.27180, -0.54360])
+    assert torch.allclose(adv[:, 0], expected, atol=1e-5)
+    assert comp.instance.last_alpha["total"] == pytest.approx(1.583333, abs=1e-5)
+    assert adv[0, -1] == 0.0  # masked token
+
+
+def test_wide_spread_falls_back_to_dr_grpo():
+    # p = [0, 1, 0.5]: mu = 0.5, var = 0.25 -> mu(1-mu)/var - 1 = 0 -> alpha = beta = 1 (uniform pdf) -> A = r - p
+    assert beta_parameters(0.5, 0.25) == (1.0, 1.0)
+    assert beta_parameters(0.5, 0.5) == (1.0, 1.0)  # a, b < 0 are clamped to 1
+    adv = BNPO()(make_batch([0, 0, 1, 1, 1, 0], [0, 0, 1, 1, 2, 2]))
+    assert torch.allclose(adv[:, 1], torch.tensor([0.0, 0.0, 0.0, 0.0, 0.5, -0.5]))
+
+
+def test_reward_range_rescaling():
+    # r in {-1, +1} with r_min = -1 maps to {0, 1}: same advantages as the toy
+    rewards = [2 * r - 1 for r in TOY[0]]
+    adv = BNPO(r_min=-1.0, r_max=1.0)(make_batch(rewards, TOY[1]))
+    assert torch.allclose(adv, BNPO()(make_batch(*TOY)))
+
+
+def test_singleton_group_and_all_same_rate():
+    # single prompt in the batch: mu = 0, var = 1 (official) -> spread = -1, a = 0, b = -1 -> alpha = beta = 1 -> A = r - p
+    adv = BNPO()(make_batch([1, 0, 0, 0], [5, 5, 5, 5]))
+    assert torch.allclose(adv[:, 1], torch.tensor([0.75, -0.25, -0.25, -0.25]))
+    # every prompt at p = 0.5 (var 0): finite, huge normaliser parameters; no nan
+    adv = BNPO()(make_batch([1, 0, 1, 0], [0, 0, 1, 1]))
+    assert torch.isfinite(adv).all()
+
+
+def test_running_moments_and_state_round_trip():
+    # momentum 0.5: step 1 (toy) stores mu = 0.5, var = 0.055556; step 2 batch has p = [0, 1, 0.5] (mu .5, var .25)
+    # -> var = 0.5 * 0.055556 + 0.5 * 0.25 = 0.152778 -> spread = 0.25 / 0.152778 - 1 = 0.636364
+    # -> a = b = 0.318182 -> alpha = beta = 1 + 0.318182 / 3 = 1.106061
+    comp = BNPO(momentum=0.5)
+    comp(make_batch(*TOY))
+    state = comp.state_dict()
+    second = make_batch([0, 0, 1, 1, 1, 0], [0, 0, 1, 1, 2, 2])
+    adv = comp(second)
+    assert comp.last_alpha["total"] == pytest.approx(1.106061, abs=1e-5)
+    density = torch.distributions.Beta(torch.tensor(1.106061), torch.tensor(1.106061)).log_prob(torch.tensor(0.5)).exp()
+    assert adv[4, 0] == pytest.approx(0.5 / float(density), abs=1e-5)
+    restored = BNPO(momentum=0.5)
+    restored.load_state_dict(state)
+    assert torch.allclose(restored(second), adv)
+    assert torch.allclose(BNPO()(second)[:, 1], torch.tensor([0.0, 0.0, 0.0, 0.0, 0.5, -0.5]))  # no memory
+
+
+def test_advantage_decomposition_averages_terms():
+    # two reward terms: "correct" = toy rewards, "format" = all 1 (p = 1 -> A = 0); composite = correct + format in
+    # [1, 2] mapped with r_min = 1, r_max = 2 -> the toy again. Official average over (total, correct, format):
+    # (A_toy + A_toy + 0) / 3
+    correct = [float(r) for r in TOY[0]]
+    ctx = SimpleNamespace(rewards=SimpleNamespace(score=lambda samples: SimpleNamespace(
+        components={"correct": correct, "format": [1.0] * len(samples)})))
+    batch = make_batch([r + 1 for r in correct], TOY[1])
+    comp = Bound("advantage", "bnpo", {"decompose": True, "r_min": 1.0, "r_max": 2.0})
+    adv = comp(batch, step_ctx=ctx)
+    toy = BNPO()(make_batch(*TOY))
+    assert torch.allclose(adv, 2 * toy / 3, atol=1e-6)
+    # without the composite term: (A_toy + 0) / 2
+    adv = BNPO(decompose=True, include_total=False, r_min=1.0, r_max=2.0)(batch, step_ctx=ctx)
+    assert torch.allclose(adv, toy / 2, atol=1e-6)
+    with pytest.raises(ValueError):
+        BNPO(decompose=True)(batch)
