@@ -169,6 +169,10 @@ class Recipe(_Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     warmup: WarmupConfig = Field(default_factory=WarmupConfig)
     task: TaskConfig = Field(default_factory=lambda: TaskConfig(name="arithmetic"))
+    sampler: Component = Field(
+        default_factory=lambda: Component(name="uniform"),
+        description="Which training prompts each step sees: 'uniform' (shuffled epochs) or a curriculum ('dump').",
+    )
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
     rewards: list[RewardSpec] = Field(
         default_factory=lambda: [RewardSpec(name="correct")], description="Weighted-sum reward terms."
@@ -235,6 +239,7 @@ _DATA_ARGS = {
     "task": ("seed", "eval_size"),
     "controller": (),
     "engine": ("model", "tokenizer"),
+    "sampler": ("task", "seed"),
 }
 
 
@@ -242,6 +247,7 @@ def check_components(recipe: Recipe) -> None:
     """Check every named component exists and its params match its signature; raise ConfigError otherwise."""
     c = _check_component
     c("task", recipe.task, "task", _DATA_ARGS["task"])
+    c("sampler", recipe.sampler, "sampler", _DATA_ARGS["sampler"])
     if recipe.warmup.task is not None:
         c("task", recipe.warmup.task, "warmup.task", _DATA_ARGS["task"])
     c("engine", Component(name=recipe.rollout.engine, params=recipe.rollout.engine_params), "rollout.engine",

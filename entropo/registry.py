@@ -19,6 +19,7 @@ KINDS = (
     "task",
     "engine",
     "controller",
+    "sampler",
 )
 
 _REGISTRY: dict[str, dict[str, Any]] = {k: {} for k in KINDS}
@@ -56,6 +57,7 @@ def _load_builtins() -> None:
     import entropo.algorithms  # noqa: F401
     import entropo.rewards  # noqa: F401
     import entropo.rollout  # noqa: F401
+    import entropo.samplers  # noqa: F401
     import entropo.tasks  # noqa: F401
 
 

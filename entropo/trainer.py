@@ -3,7 +3,7 @@
 Read ``train()`` top to bottom: every method-specific piece is a registered component looked up by the recipe
 (entropo.registry), so this file never branches on a method name. One RL step:
 
-  1. sample prompts, generate n completions each (rollout engine), score them (rewards), keep groups that pass the
+  1. sample prompts (sampler: uniform or a curriculum), generate n completions each (rollout engine), score them (rewards), keep groups that pass the
      selection filters, refilling from new prompts up to ``rollout.max_tries`` rounds;
   2. score the kept tokens with the current policy (old log-probs, entropy) and the reference model if a component
      needs it;
@@ -35,43 +35,11 @@ from entropo.config import ConfigError, Recipe, check_components, dump_recipe
 from entropo.logging import MetricsLogger, Progress
 from entropo.components import Bound, StepContext, merged_token_fns
 from entropo.rewards.runner import RewardRunner
+from entropo.samplers import PromptSampler  # noqa: F401  (re-exported: the default sampler)
 from entropo.types import Example, RolloutOutput, Sample, TokenContext
 
 
 # ---- small pieces the loop uses ------------------------------------------------------------------------------------
-
-class PromptSampler:
-    """Walks a seeded permutation of the task's train indices, epoch after epoch; its position is checkpointed."""
-
-    def __init__(self, size: int, seed: int):
-        if size < 1:
-            raise ValueError("the task has no training examples")
-        self.size, self.seed, self.epoch, self.pos = size, seed, 0, 0
-        self._perm: list[int] | None = None
-
-    def _permutation(self) -> list[int]:
-        if self._perm is None:
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-            self._perm = torch.randperm(self.size, generator=g).tolist()
-        return self._perm
-
-    def next(self, k: int) -> list[int]:
-        out: list[int] = []
-        while len(out) < k:
-            perm = self._permutation()
-            take = min(k - len(out), self.size - self.pos)
-            out.extend(perm[self.pos:self.pos + take])
-            self.pos += take
-            if self.pos == self.size:
-                self.epoch, self.pos, self._perm = self.epoch + 1, 0, None
-        return out
-
-    def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "pos": self.pos}
-
-    def load_state_dict(self, s: dict[str, int]) -> None:
-        self.epoch, self.pos, self._perm = s["epoch"], s["pos"], None
-
 
 @dataclass
 class Regularizer:
@@ -346,7 +314,7 @@ def train(recipe: Recipe, *, run_dir: str | Path | None = None, resume: bool = F
                         registry.get("controller", r.controller.name)(**r.controller.params) if r.controller else None)
             for r in recipe.regularizers]
     components = [advantage, objective, *shapers, *selectors, *(r.component for r in regs)]
-    sampler = PromptSampler(task.train_size(), recipe.seed)
+    sampler = registry.get("sampler", recipe.sampler.name)(task, recipe.seed, **recipe.sampler.params)
     rollout_gen = torch.Generator(device=device).manual_seed(recipe.seed + 1)  # on the sampling device
     update_gen = torch.Generator().manual_seed(recipe.seed + 2)
     total_opt_steps = recipe.train.steps * recipe.train.ppo_epochs * recipe.train.mini_batches
@@ -472,6 +440,7 @@ def train(recipe: Recipe, *, run_dir: str | Path | None = None, resume: bool = F
                 if shaper.stage == "reward":
                     metrics.update({f"shaping/{k}": v for k, v in shaper(batch, step_ctx=step_ctx).items()})
             batch.advantages = advantage(batch, step_ctx=step_ctx)
+            metrics.update({f"sampler/{k}": v for k, v in sampler.update(batch).items()})  # curricula learn here
             for shaper in shapers:
                 if shaper.stage == "advantage":
                     metrics.update({f"shaping/{k}": v for k, v in shaper(batch, step_ctx=step_ctx).items()})

@@ -13,6 +13,7 @@ from entropo.algorithms import (  # noqa: F401
     bnpo,
     capo,
     d3s,
+    dump,
     empg,
     empo,
     entropy_mechanism,

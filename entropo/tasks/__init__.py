@@ -2,7 +2,7 @@
 ``reasoning_gym``, ``dataset``. Each factory is ``fn(seed, eval_size=64, **params) -> Task`` (see entropo.types.Task);
 unknown params raise a TypeError listing the allowed ones. Heavy libraries are imported lazily by the factories."""
 
-from entropo.tasks import arithmetic, countdown, dataset, reasoning_gym  # noqa: F401  (registers the tasks)
+from entropo.tasks import arithmetic, countdown, dataset, mixture, reasoning_gym  # noqa: F401  (registers them)
 from entropo.tasks.base import stable_seed
 
-__all__ = ["arithmetic", "countdown", "dataset", "reasoning_gym", "stable_seed"]
+__all__ = ["arithmetic", "countdown", "dataset", "mixture", "reasoning_gym", "stable_seed"]
