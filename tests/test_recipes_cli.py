@@ -16,7 +16,7 @@ from entropo.trainer import train
 ALL_RECIPES = sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
 REAL_MODEL_RECIPES = [n for n in ALL_RECIPES if "smollm2" in n]
 RECIPES = [n for n in ALL_RECIPES if n not in REAL_MODEL_RECIPES]
-SMOKE = ["model.name_or_path=tiny", "warmup.steps=3", "train.steps=2", "rollout.prompts_per_step=2",
+SMOKE = ["model.name_or_path=tiny", "warmup.steps=3", "train.steps=3", "rollout.prompts_per_step=2",
          "rollout.n=4", "task.eval_size=4", "logging.progress=false", "logging.tensorboard=false",
          "logging.plots=false", "checkpoint.every=0"]
 
@@ -28,7 +28,7 @@ def test_recipe_smoke_on_tiny_model(name, tmp_path):
     assert text.startswith("#") and "arXiv" in text.splitlines()[0] + text.splitlines()[1] + text.splitlines()[2]
     summary = train(recipe, run_dir=tmp_path / name, console=lambda *_: None)
     rows = [r for r in read_metrics(tmp_path / name) if not r.get("final")]
-    assert len(rows) == 2 and summary["steps"] == 2
+    assert len(rows) == 3 and summary["steps"] == 3
     assert all(r["reward/mean"] == r["reward/mean"] for r in rows)  # not NaN
 
 
