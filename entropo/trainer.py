@@ -382,6 +382,7 @@ def train(recipe: Recipe, *, run_dir: str | Path | None = None, resume: bool = F
         batch.extras.update(old_extras)
         if ref_model is not None:
             batch.ref_logprobs, _, _ = score_tokens(ref_model, batch, **score_kw)
+
     progress = Progress(recipe.train.steps, state.step, enabled=recipe.logging.progress)
     start_step = state.step
     for step in range(start_step, recipe.train.steps):
