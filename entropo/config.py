@@ -117,6 +117,13 @@ class TrainConfig(_Section):
     micro_batch_size: int = Field(32, ge=1, description="Rows per forward/backward (gradient accumulation).")
     grad_clip: float | None = Field(1.0, description="Max global grad norm (None = no clipping).")
     logprob_chunk_size: int = Field(1024, ge=1, description="Tokens per chunk in the log-prob/entropy pass.")
+    old_logprobs: Literal["recompute", "behaviour"] = Field(
+        "recompute",
+        description="Pre-update log-probs/entropies: 'recompute' runs a forward pass of the policy; 'behaviour' reuses "
+        "what the rollout engine recorded while sampling (same weights, same temperature: equal to a fresh forward "
+        "up to float rounding, and one forward pass cheaper). 'behaviour' needs rollout.top_p = 1; components with "
+        "old-pass hooks (old_token_fns) still get a forward.",
+    )
 
 
 class OptimizerConfig(_Section):
@@ -161,6 +168,13 @@ class CheckpointConfig(_Section):
 
 class Recipe(_Section):
     """One RL run, start to finish."""
+
+    @model_validator(mode="after")
+    def _behaviour_needs_full_distribution(self) -> "Recipe":
+        if self.train.old_logprobs == "behaviour" and self.rollout.top_p < 1:
+            raise ValueError("train.old_logprobs=behaviour needs rollout.top_p=1 (with top-p the sampling distribution "
+                             "is truncated and its log-probs differ from the policy's); use 'recompute'")
+        return self
 
     name: str = Field("run", description="Recipe name (default run directory name).")
     paper: str | None = Field(None, description="Title and arXiv id of the paper the recipe implements.")

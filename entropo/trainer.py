@@ -126,6 +126,7 @@ def build_batch(rollout: RolloutOutput, examples: list[Example], samples: list[S
         rewards=torch.tensor(rewards, dtype=torch.float32, device=device),
         group_ids=(rollout.prompt_index + first_group_id).long().to(device),
         behaviour_logprobs=rollout.behaviour_logprobs.float().to(device),
+        extras={"behaviour_entropy": rollout.behaviour_entropy.float().to(device)},
         info={
             "completion": list(rollout.completions),
             "answer": [examples[i].answer for i in idx],
@@ -377,9 +378,14 @@ def train(recipe: Recipe, *, run_dir: str | Path | None = None, resume: bool = F
 
     def score(batch: Batch) -> None:
         """The pre-update scoring pass: policy log-probs/entropy, old_token_fns outputs, reference log-probs."""
-        batch.old_logprobs, batch.old_entropy, old_extras = score_tokens(model, batch, token_fns=old_token_fns,
-                                                                         **score_kw)
-        batch.extras.update(old_extras)
+        if recipe.train.old_logprobs == "behaviour" and not old_token_fns:
+            # the engine sampled from these very weights at this temperature: its records are the old policy
+            batch.old_logprobs = batch.behaviour_logprobs.clone()
+            batch.old_entropy = batch.extras["behaviour_entropy"].clone()
+        else:
+            batch.old_logprobs, batch.old_entropy, old_extras = score_tokens(model, batch, token_fns=old_token_fns,
+                                                                             **score_kw)
+            batch.extras.update(old_extras)
         if ref_model is not None:
             batch.ref_logprobs, _, _ = score_tokens(ref_model, batch, **score_kw)
 

@@ -128,3 +128,21 @@ def test_end_to_end_tiny_run_writes_metrics_and_reloadable_checkpoint(tmp_path, 
     # a second train() into the same dir refuses instead of clobbering the run
     with pytest.raises(FileExistsError):
         train(load_recipe(None, ov), run_dir=tmp_path / "run", console=lambda *_: None)
+
+
+def test_reusing_behaviour_logprobs_matches_a_fresh_forward(tmp_path, tiny_recipe_overrides):
+    """train.old_logprobs=behaviour skips the scoring forward; the run must match the recomputing one to rounding."""
+    ov = tiny_recipe_overrides + ["train.steps=3", "logging.tensorboard=false"]
+    a = train(load_recipe(None, ov), run_dir=tmp_path / "recompute", console=lambda *_: None)
+    b = train(load_recipe(None, ov + ["train.old_logprobs=behaviour"]), run_dir=tmp_path / "reuse",
+              console=lambda *_: None)
+    ra = [r for r in read_metrics(tmp_path / "recompute") if not r.get("final")]
+    rb = [r for r in read_metrics(tmp_path / "reuse") if not r.get("final")]
+    for x, y in zip(ra, rb):
+        assert x["reward/mean"] == y["reward/mean"]  # same samples: the weights agree to rounding
+        assert abs(x["entropy/mean"] - y["entropy/mean"]) < 1e-4
+        assert abs(x["cov/logp_adv"] - y["cov/logp_adv"]) < 1e-4
+        assert y["time/score_s"] < 0.01 <= x["time/score_s"] or y["time/score_s"] < x["time/score_s"]
+    assert a["eval_end"] == b["eval_end"]
+    with pytest.raises(Exception, match="top_p"):
+        load_recipe(None, ov + ["train.old_logprobs=behaviour", "rollout.top_p=0.9"])
