@@ -12,6 +12,7 @@ from entropo.algorithms import (  # noqa: F401
     bapo,
     bnpo,
     capo,
+    critique_grpo,
     d3s,
     dump,
     empg,
