@@ -40,3 +40,37 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
+
+
+def tiny_step_world(overrides=()):
+    """A tiny model, its task, engine, reward runner and the trainer's pre-update scoring pass, plus
+    ``context(generator, sample=None)`` building the StepContext a component sees — for tests of components that
+    sample or score extra rollouts (AEPO, Critique-GRPO)."""
+    from types import SimpleNamespace
+
+    from entropo.components import StepContext
+    from entropo.config import load_recipe
+    from entropo.models import tiny
+    from entropo.rewards.runner import RewardRunner
+    from entropo.rollout import HFEngine
+    from entropo.trainer import make_task, score_tokens
+
+    recipe = load_recipe(None, ["model.name_or_path=tiny", "task.params={digits: 1, chat: false, template: '{expr}='}",
+                                *overrides])
+    model, tokenizer = tiny()
+    model.eval()
+    task = make_task(recipe.task, 0, 8, "task")
+    engine = HFEngine(model, tokenizer)
+    rewards = RewardRunner([{"name": "correct"}])
+
+    def score(batch):  # the trainer's pass without a reference model or old_token_fns
+        batch.old_logprobs, batch.old_entropy, _ = score_tokens(model, batch, temperature=1.0, micro_batch_size=8,
+                                                                chunk_size=64)
+
+    def context(generator, sample=None):
+        return StepContext(model=model, tokenizer=tokenizer, engine=engine, task=task, rewards=rewards, recipe=recipe,
+                           step=0, rollout_generator=generator, device=torch.device("cpu"), sample=sample,
+                           score=score)
+
+    return SimpleNamespace(recipe=recipe, model=model, tokenizer=tokenizer, task=task, engine=engine, rewards=rewards,
+                           score=score, context=context)

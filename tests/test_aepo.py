@@ -5,15 +5,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import tiny_step_world
 
 from entropo import registry
 from entropo.algorithms.aepo import AEPO, choose_temperature, first_prompts, reinforce_count
-from entropo.components import Bound, StepContext
-from entropo.config import load_recipe
-from entropo.models import tiny
-from entropo.rewards.runner import RewardRunner
-from entropo.rollout import HFEngine
-from entropo.trainer import make_task, rollout_batch, score_tokens
+from entropo.components import Bound
+from entropo.trainer import rollout_batch, score_tokens
 
 
 def test_registered_as_stateful_advantage_stage_shaping():
@@ -50,34 +47,22 @@ def test_bad_params():
 
 @pytest.fixture(scope="module")
 def step_setup():
-    recipe = load_recipe(None, ["model.name_or_path=tiny", "rollout.prompts_per_step=4", "rollout.n=4",
-                                "rollout.max_new_tokens=4", "task.params={digits: 1, chat: false, template: '{expr}='}"])
-    model, tokenizer = tiny()
-    model.eval()
-    task = make_task(recipe.task, 0, 8, "task")
-    engine = HFEngine(model, tokenizer)
-    rewards = RewardRunner([{"name": "correct"}])
+    world = tiny_step_world(["rollout.prompts_per_step=4", "rollout.n=4", "rollout.max_new_tokens=4"])
     gen = torch.Generator().manual_seed(0)
     next_id = [0]
     temperatures = []
 
     def sample(examples, n, temperature):
         temperatures.append(temperature)
-        batch, stats = rollout_batch(engine, task, rewards, recipe, examples, n, temperature, gen, next_id[0],
-                                     torch.device("cpu"))
+        batch, stats = rollout_batch(world.engine, world.task, world.rewards, world.recipe, examples, n, temperature,
+                                     gen, next_id[0], torch.device("cpu"))
         next_id[0] += len(examples)
         # make every group mixed so successes exist on a random tiny model: reward alternates 1, 0, ...
         batch.rewards = torch.tensor([float(i % 2 == 0) for i in range(batch.size)])
         batch.info["correct"] = [bool(i % 2 == 0) for i in range(batch.size)]
         return batch, stats
 
-    def score(batch):  # what the trainer's pass does (no reference model, no old_token_fns here)
-        batch.old_logprobs, batch.old_entropy, _ = score_tokens(model, batch, temperature=1.0, micro_batch_size=8,
-                                                                chunk_size=64)
-
-    ctx = StepContext(model=model, tokenizer=tokenizer, engine=engine, task=task, rewards=rewards, recipe=recipe,
-                      step=0, rollout_generator=gen, device=torch.device("cpu"), sample=sample, score=score)
-    return recipe, model, ctx, sample, temperatures
+    return world.recipe, world.model, world.context(gen, sample), sample, temperatures
 
 
 def _main_batch(recipe, model, ctx, sample):

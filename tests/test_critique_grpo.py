@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import tiny_step_world
 
 from entropo import registry
 from entropo.algorithms.critique_grpo import (
@@ -23,12 +24,8 @@ from entropo.algorithms.critique_grpo import (
 )
 from entropo.algorithms.objectives import ppo_clip
 from entropo.batch import Batch
-from entropo.components import Bound, StepContext
-from entropo.config import load_recipe
-from entropo.models import tiny
-from entropo.rewards.runner import RewardRunner
-from entropo.rollout import HFEngine
-from entropo.trainer import make_task, rollout_batch, score_tokens
+from entropo.components import Bound
+from entropo.trainer import rollout_batch, score_tokens
 from entropo.types import Example, Sample
 
 
@@ -136,22 +133,13 @@ def test_candidates_and_choice():
 
 @pytest.fixture(scope="module")
 def setup():
-    recipe = load_recipe(None, ["model.name_or_path=tiny", "rollout.prompts_per_step=2", "rollout.n=3",
-                                "rollout.max_new_tokens=3", "task.params={digits: 1, chat: false, template: '{expr}='}"])
-    model, tokenizer = tiny()
-    model.eval()
-    task = make_task(recipe.task, 0, 8, "task")
-    engine = HFEngine(model, tokenizer)
-    rewards = RewardRunner([{"name": "correct"}])
-
-    def score(batch):  # what the trainer's pre-update pass does here (no reference model, no old_token_fns)
-        batch.old_logprobs, batch.old_entropy, _ = score_tokens(model, batch, temperature=1.0, micro_batch_size=8,
-                                                                chunk_size=64)
+    world = tiny_step_world(["rollout.prompts_per_step=2", "rollout.n=3", "rollout.max_new_tokens=3"])
+    recipe, model, task, engine, rewards, score = (world.recipe, world.model, world.task, world.engine, world.rewards,
+                                                   world.score)
 
     def run(seed: int):
         gen = torch.Generator().manual_seed(seed)
-        ctx = StepContext(model=model, tokenizer=tokenizer, engine=engine, task=task, rewards=rewards, recipe=recipe,
-                          step=0, rollout_generator=gen, device=torch.device("cpu"), sample=None, score=score)
+        ctx = world.context(gen)
         examples = [task.train_example(i) for i in range(2)]
         batch, _ = rollout_batch(engine, task, rewards, recipe, examples, 3, 1.0, gen, 10, torch.device("cpu"))
         # force known correctness: row 1 of group 10 is "correct", every other row wrong
