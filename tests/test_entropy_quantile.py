@@ -8,11 +8,11 @@ import torch
 
 from entropo import ops
 from entropo.algorithms.controllers import AdaptiveEntropy
+from entropo.algorithms.regularizers import entropy as entropy_regularizer
 from entropo.algorithms.entropy_quantile import (
     TRLAdaptiveEntropy,
     entropy_quantile_mask,
     high_entropy_mask,
-    trl_entropy,
 )
 from entropo.batch import Batch
 from entropo.types import TokenContext
@@ -87,7 +87,7 @@ def test_trl_adaptive_entropy_hand_values_and_gating():
     assert builtin.coef == pytest.approx(0.0)
 
 
-def test_trl_entropy_regularizer_acts_on_loss_tokens_only():
+def test_entropy_regularizer_on_loss_tokens_only_as_trl():
     entropy = torch.tensor([[1.0, 2.0, 3.0]], requires_grad=True)
     token_weights = torch.tensor([[0.0, 1.0, 0.5]])
     response_mask = torch.ones(1, 3)
@@ -95,9 +95,18 @@ def test_trl_entropy_regularizer_acts_on_loss_tokens_only():
                   response_mask=response_mask, rewards=torch.zeros(1), group_ids=torch.zeros(1, dtype=torch.long))
     ctx = TokenContext(logprobs=torch.zeros(1, 3), entropy=entropy, old_logprobs=torch.zeros(1, 3), ref_logprobs=None,
                        advantages=torch.zeros(1, 3), mask=token_weights, batch=batch)
-    loss, metrics = trl_entropy(ctx)
+    loss, metrics = entropy_regularizer(ctx, tokens="loss")
     # the trainer aggregates regularizers over response_mask: token-mean = -(2 + 3) / 3 (TRL dapo: sum(H m) / N)
     assert float(ops.aggregate(loss.detach(), response_mask, "token-mean")) == pytest.approx(-5 / 3)
     assert float(metrics["entropy"]) == pytest.approx(2.5)  # mean over the 2 loss tokens
     loss.sum().backward()
     assert entropy.grad.tolist() == [[0.0, -1.0, -1.0]]
+
+
+def test_entropy_regularizer_rejects_unknown_token_set():
+    batch = Batch(input_ids=torch.zeros(1, 2, dtype=torch.long), attention_mask=torch.ones(1, 2, dtype=torch.long),
+                  response_mask=torch.ones(1, 2), rewards=torch.zeros(1), group_ids=torch.zeros(1, dtype=torch.long))
+    ctx = TokenContext(logprobs=torch.zeros(1, 2), entropy=torch.ones(1, 2), old_logprobs=torch.zeros(1, 2),
+                       ref_logprobs=None, advantages=torch.zeros(1, 2), mask=torch.ones(1, 2), batch=batch)
+    with pytest.raises(ValueError, match="tokens"):
+        entropy_regularizer(ctx, tokens="all")

@@ -5,7 +5,8 @@
   Rule: High-Entropy Minority Tokens Drive Effective Reinforcement Learning for LLM Reasoning", arXiv 2506.01939
   (the paper recommends rho = 0.2).
 - ``trl_adaptive_entropy`` (controller): TRL's ``use_adaptive_entropy`` rule (from Skywork-OR1, arXiv 2505.22312).
-- ``trl_entropy`` (regularizer): TRL's entropy bonus, which acts on the same tokens as the policy loss.
+- TRL's entropy bonus, which acts on the same tokens as the policy loss, is the ``entropy`` regularizer with
+  ``tokens: loss``.
 
 Checked in TRL's source (huggingface/trl ``trl/trainer/grpo_trainer.py`` / ``grpo_config.py``, snapshot
 v1.9.0-26-gf2cd577; the GRPOConfig field list and defaults match the 1.16 documentation: ``top_entropy_quantile=1.0``,
@@ -28,7 +29,7 @@ v1.9.0-26-gf2cd577; the GRPOConfig field list and defaults match the 1.16 docume
   a strict ``<``), hence this separate controller. DIFFERENCE: TRL updates per optimizer step; the trainer calls
   controllers once per RL step, so the two agree when ``train.mini_batches = ppo_epochs = 1``.
 - Entropy bonus: TRL's bonus uses the same token mask as the policy loss; with its default ``loss_type="dapo"`` the
-  term is sum(H * mask) / (number of completion tokens), exactly what ``trl_entropy`` gives with ``token-mean``
+  term is sum(H * mask) / (number of completion tokens), exactly what ``entropy`` with ``tokens: loss`` gives with ``token-mean``
   aggregation (the trainer divides regularizers by the response-token count). The built-in ``entropy``
   regularizer covers every response token instead.
 """
@@ -45,7 +46,6 @@ from entropo import ops
 from entropo.algorithms.controllers import Controller
 from entropo.batch import Batch
 from entropo.registry import register
-from entropo.types import TokenContext
 
 QUANTILE_PAPER = ("Beyond the 80/20 Rule: High-Entropy Minority Tokens Drive Effective Reinforcement Learning for "
                   "LLM Reasoning, arXiv 2506.01939; TRL GRPOConfig.top_entropy_quantile")
@@ -80,14 +80,6 @@ def entropy_quantile_mask(batch: Batch, top_quantile: float = 0.2) -> dict[str, 
             "entropy_quantile_kept_frac": float(ops.masked_mean(keep.float(), batch.response_mask))}
 
 
-@register("regularizer", "trl_entropy", paper="TRL GRPOConfig.entropy_coef (entropy bonus on the loss tokens)")
-def trl_entropy(ctx: TokenContext) -> tuple[Tensor, dict[str, Tensor]]:
-    """Loss -H on the tokens of the policy loss (token_weights > 0), 0 on the others; with a positive coefficient it
-    raises their entropy. Metric ``entropy``: mean current entropy over those tokens (what TRL's controller reads)."""
-    in_loss = ctx.mask > 0
-    return -ctx.entropy.where(in_loss, 0.0), {"entropy": ops.masked_mean(ctx.entropy.detach(), in_loss.float())}
-
-
 @register("controller", "trl_adaptive_entropy", paper=ADAPTIVE_PAPER)
 class TRLAdaptiveEntropy(Controller):
     """TRL's adaptive entropy coefficient: coef += delta when the measured entropy <= target, else -= delta (clamped
@@ -95,7 +87,7 @@ class TRLAdaptiveEntropy(Controller):
 
     Params (TRL names): ``init_coef`` (entropy_coef, 0), ``target`` (entropy_target, 0.2 nats), ``delta``
     (entropy_coef_delta, 0.005), ``coef_min`` / ``coef_max`` (0 / 1), ``metric`` (the step metric holding the
-    entropy, default "entropy" = the ``trl_entropy`` / ``entropy`` regularizer's metric). State: coef, last_entropy.
+    entropy, default "entropy" = the ``entropy`` regularizer's metric). State: coef, last_entropy.
     Example: init 0, target 0.5, delta 0.1: entropies 0.4, 0.45, 0.6 -> coef 0.1, 0.2, 0.1 and value() 0.1, 0.2, 0.
     """
 

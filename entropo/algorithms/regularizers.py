@@ -34,7 +34,14 @@ def kl(ctx: TokenContext, kind: str = "k3") -> tuple[Tensor, dict[str, Tensor]]:
 
 
 @register("regularizer", "entropy", paper="Entropy bonus (Williams & Peng 1991; PPO arXiv 1707.06347 entropy term)")
-def entropy(ctx: TokenContext) -> tuple[Tensor, dict[str, Tensor]]:
+def entropy(ctx: TokenContext, tokens: str = "response") -> tuple[Tensor, dict[str, Tensor]]:
     """Loss -H per token: with a positive coefficient, minimising it raises the policy's entropy.
-    Metric ``entropy``: masked mean of H (detached)."""
-    return -ctx.entropy, {"entropy": ops.masked_mean(ctx.entropy.detach(), (ctx.mask > 0).float())}
+
+    ``tokens="response"``: every response token; ``"loss"``: only the tokens of the policy loss (token_weights > 0),
+    which is what TRL's ``entropy_coef`` does (it matters when a mask such as ``entropy_quantile_mask`` removes tokens
+    from the loss). Metric ``entropy``: mean H over the loss tokens (detached)."""
+    if tokens not in ("response", "loss"):
+        raise ValueError(f"entropy: tokens must be 'response' or 'loss', got {tokens!r}")
+    in_loss = ctx.mask > 0
+    per_token = -ctx.entropy if tokens == "response" else -ctx.entropy.where(in_loss, 0.0)
+    return per_token, {"entropy": ops.masked_mean(ctx.entropy.detach(), in_loss.float())}
