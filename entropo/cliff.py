@@ -38,7 +38,8 @@ from entropo.batch import Batch
 from entropo.components import Bound, StepContext, merged_token_fns
 from entropo.config import Recipe, check_components
 from entropo.rewards.runner import RewardRunner
-from entropo.trainer import Regularizer, make_task, policy_update, rollout_batch, score_tokens, seed_everything
+from entropo.trainer import (Regularizer, assign_advantages, make_task, policy_update, rollout_batch, score_tokens,
+                             seed_everything)
 
 
 # ---- closed form ---------------------------------------------------------------------------------------------------
@@ -146,7 +147,7 @@ def _update(model0, batch0: Batch, rewards: torch.Tensor, recipe: Recipe, regula
     for shaper in shapers:
         if shaper.stage == "reward":
             shaper(batch, step_ctx=ctx)
-    batch.advantages = advantage(batch, step_ctx=ctx)
+    assign_advantages(advantage, batch, ctx)
     for shaper in shapers:
         if shaper.stage == "advantage":
             shaper(batch, step_ctx=ctx)
@@ -200,10 +201,10 @@ def policy_cliff(recipe: Recipe, *, perturbation: str = "flip", flip_fraction: f
     next_group = [batch.size]
 
     def sample(more_examples, n, temperature):
-        out = rollout_batch(engine, task, reward_runner, recipe, more_examples, n, temperature, generator,
-                            next_group[0], device)
-        next_group[0] += len(more_examples)
-        return out
+        batch, stats = rollout_batch(engine, task, reward_runner, recipe, more_examples, n, temperature, generator,
+                                     next_group[0], device)
+        next_group[0] += stats.pop("groups")
+        return batch, stats
 
     ctx_kw = {"tokenizer": tokenizer, "engine": engine, "task": task, "rewards": reward_runner, "recipe": recipe,
               "step": 0, "rollout_generator": generator, "device": device, "sample": sample}

@@ -117,7 +117,7 @@ def score_tokens(model, batch: Batch, *, temperature: float, micro_batch_size: i
 
 def build_batch(rollout: RolloutOutput, examples: list[Example], samples: list[Sample], rewards: list[float],
                 correct: list[bool], first_group_id: int, device: torch.device) -> Batch:
-    """Turn engine output + rewards into a Batch; samples of prompt p share group id first_group_id + p."""
+    """Turn engine output + rewards into a Batch; rows of prompt slot p share group id first_group_id + p."""
     idx = rollout.prompt_index.tolist()
     return Batch(
         input_ids=rollout.input_ids.to(device),
@@ -126,7 +126,8 @@ def build_batch(rollout: RolloutOutput, examples: list[Example], samples: list[S
         rewards=torch.tensor(rewards, dtype=torch.float32, device=device),
         group_ids=(rollout.prompt_index + first_group_id).long().to(device),
         behaviour_logprobs=rollout.behaviour_logprobs.float().to(device),
-        extras={"behaviour_entropy": rollout.behaviour_entropy.float().to(device)},
+        extras={"behaviour_entropy": rollout.behaviour_entropy.float().to(device),
+                **{k: v.to(device) for k, v in rollout.extras.items()}},
         info={
             "completion": list(rollout.completions),
             "answer": [examples[i].answer for i in idx],
@@ -136,6 +137,13 @@ def build_batch(rollout: RolloutOutput, examples: list[Example], samples: list[S
             "sample": list(samples),
         },
     )
+
+
+def assign_advantages(advantage: Bound, batch: Batch, step_ctx: StepContext) -> dict[str, float]:
+    """Set ``batch.advantages``; an estimator with a learned part (``gae``'s critic) may also return metrics."""
+    out = advantage(batch, step_ctx=step_ctx)
+    batch.advantages, metrics = out if isinstance(out, tuple) else (out, {})
+    return {f"advantage/{k}": v for k, v in metrics.items()}
 
 
 def accumulate_gradients(model, mini: Batch, recipe: Recipe, objective: Bound, regs: list[Regularizer]
@@ -259,22 +267,32 @@ def run_dir_for(recipe: Recipe, run_dir: str | Path | None = None) -> Path:
 def rollout_batch(engine, task, rewards: RewardRunner, recipe: Recipe, examples: list[Example], n: int,
                   temperature: float, generator: torch.Generator, first_group_id: int, device: torch.device
                   ) -> tuple[Batch, dict[str, float]]:
-    """Generate n completions per example, score them, and return the Batch plus timing/token counts."""
+    """Generate n completions per example, score them, and return the Batch plus timing/token counts.
+
+    ``stats["groups"]`` is the number of group ids used (the engine may add slots for rows it carried over).
+    Unfinished rows (finish reason ``"partial"``, from engines that continue responses in later steps) have no
+    outcome yet: reward 0, not correct, and the reward functions never see them.
+    """
     t0 = time.perf_counter()
-    rollout = engine.generate([e.prompt for e in examples], n, temperature=temperature, top_p=recipe.rollout.top_p,
-                              max_new_tokens=recipe.rollout.max_new_tokens, stop=recipe.rollout.stop,
-                              generator=generator)
+    rollout = engine.rollout(examples, n, temperature=temperature, top_p=recipe.rollout.top_p,
+                             max_new_tokens=recipe.rollout.max_new_tokens, stop=recipe.rollout.stop,
+                             generator=generator)
     t_rollout = time.perf_counter() - t0
     t0 = time.perf_counter()
-    samples = [Sample(completion=c, example=examples[p], task=task, num_tokens=nt,
+    slots = rollout.payloads if rollout.payloads is not None else list(examples)
+    samples = [Sample(completion=c, example=slots[p], task=task, num_tokens=nt,
                       max_tokens=recipe.rollout.max_new_tokens, truncated=(fr == "length"))
                for c, p, nt, fr in zip(rollout.completions, rollout.prompt_index.tolist(), rollout.num_tokens,
                                        rollout.finish_reasons)]
-    scored = rewards.score(samples)
+    finished = [r for r, fr in enumerate(rollout.finish_reasons) if fr != "partial"]
+    scored = rewards.score([samples[r] for r in finished])
+    reward_list, correct = [0.0] * len(samples), [False] * len(samples)
+    for r, value, ok in zip(finished, scored.rewards, scored.correct):
+        reward_list[r], correct[r] = value, ok
     t_reward = time.perf_counter() - t0
-    batch = build_batch(rollout, examples, samples, scored.rewards, scored.correct, first_group_id, device)
-    stats = {"rollout_s": t_rollout, "reward_s": t_reward, "tokens": float(sum(rollout.num_tokens)),
-             "failures": float(sum(f is not None for f in scored.failures))}
+    batch = build_batch(rollout, slots, samples, reward_list, correct, first_group_id, device)
+    stats = {"rollout_s": t_rollout, "reward_s": t_reward, "tokens": float(rollout.response_mask.sum()),
+             "failures": float(sum(f is not None for f in scored.failures)), "groups": len(slots)}
     return batch, stats
 
 
@@ -340,6 +358,7 @@ def train(recipe: Recipe, *, run_dir: str | Path | None = None, resume: bool = F
                 reg.controller.load_state_dict(c_state)
         for comp, c_state in zip(components, saved["components"]):
             comp.load_state_dict(c_state)
+        engine.load_state_dict(saved.get("engine", {}))
         state = RunState(**saved["run_state"])
         ckpt.set_rng_state(saved["rng"])
         logger.truncate_after(state.step - 1)
@@ -369,7 +388,7 @@ def train(recipe: Recipe, *, run_dir: str | Path | None = None, resume: bool = F
     def sample(examples: list[Example], n: int, temperature: float) -> tuple[Batch, dict[str, float]]:
         batch, stats = rollout_batch(engine, task, rewards, recipe, examples, n, temperature, rollout_gen,
                                      state.next_group_id, device)
-        state.next_group_id += len(examples)
+        state.next_group_id += stats.pop("groups")
         return batch, stats
 
     score_kw = dict(temperature=recipe.rollout.temperature, micro_batch_size=recipe.train.micro_batch_size,
@@ -419,10 +438,16 @@ def train(recipe: Recipe, *, run_dir: str | Path | None = None, resume: bool = F
                 kept_groups += int(torch.unique(batch.group_ids[keep]).numel())
         generated_rewards = torch.cat([b.rewards for b in generated])
         finish = sum((b.info["finish_reason"] for b in generated), [])
+        # outcome statistics over finished responses only (unfinished "partial" rows have no outcome yet)
+        finished = torch.tensor([f != "partial" for f in finish], device=generated_rewards.device)
+        finished_rewards = generated_rewards[finished]
+        finished_correct = [c for c, f in zip(sum((b.info["correct"] for b in generated), []), finish)
+                            if f != "partial"]
         metrics: dict[str, Any] = {
-            "reward/mean": float(generated_rewards.mean()),
-            "reward/std": float(generated_rewards.std()) if generated_rewards.numel() > 1 else 0.0,
-            "accuracy": float(np.mean(sum((b.info["correct"] for b in generated), []))),
+            "reward/mean": float(finished_rewards.mean()) if finished_correct else float("nan"),
+            "reward/std": float(finished_rewards.std()) if finished_rewards.numel() > 1 else 0.0,
+            "accuracy": float(np.mean(finished_correct)) if finished_correct else float("nan"),
+            "response/partial_frac": 1.0 - len(finished_correct) / len(finish),
             "reward/failures": int(totals["failures"]),
             "selection/zero_variance_group_frac": diag.zero_variance_group_fraction(
                 generated_rewards, torch.cat([b.group_ids for b in generated])),
@@ -446,7 +471,7 @@ def train(recipe: Recipe, *, run_dir: str | Path | None = None, resume: bool = F
             for shaper in shapers:
                 if shaper.stage == "reward":
                     metrics.update({f"shaping/{k}": v for k, v in shaper(batch, step_ctx=step_ctx).items()})
-            batch.advantages = advantage(batch, step_ctx=step_ctx)
+            metrics.update(assign_advantages(advantage, batch, step_ctx))
             metrics.update({f"sampler/{k}": v for k, v in sampler.update(batch).items()})  # curricula learn here
             for shaper in shapers:
                 if shaper.stage == "advantage":
@@ -497,14 +522,14 @@ def train(recipe: Recipe, *, run_dir: str | Path | None = None, resume: bool = F
             "time/update_tokens_per_s": train_tokens / t_update if t_update else 0.0,
             "peak_mem_mb": peak_memory_mb(),
         })
-        if "entropy/mean" in metrics:
+        if "entropy/mean" in metrics and not math.isnan(metrics["accuracy"]):
             state.history.append({"entropy": metrics["entropy/mean"], "accuracy": metrics["accuracy"]})
         logger.log(step, metrics)
         progress.update(step, metrics)
         every = recipe.checkpoint.every
         if (every and state.step % every == 0) or state.step == recipe.train.steps:
             save_checkpoint(out_dir, recipe, model, optimizer, scheduler, sampler, rollout_gen, update_gen, regs,
-                            components, state)
+                            components, engine, state)
     progress.close()
 
     summary: dict[str, Any] = {"run_dir": str(out_dir), "steps": state.step, "eval_start": state.eval_start}
@@ -537,7 +562,7 @@ def _state_bytes(model) -> bytes:
 
 
 def save_checkpoint(out_dir, recipe, model, optimizer, scheduler, sampler, rollout_gen, update_gen, regs, components,
-                    state):
+                    engine, state):
     payload = {
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
@@ -547,6 +572,7 @@ def save_checkpoint(out_dir, recipe, model, optimizer, scheduler, sampler, rollo
         "update_gen": update_gen.get_state(),
         "controllers": [r.controller.state_dict() if r.controller else None for r in regs],
         "components": [c.state_dict() for c in components],
+        "engine": engine.state_dict(),
         "run_state": vars(state).copy(),
         "rng": ckpt.rng_state(),
         "recipe": recipe.model_dump(mode="json"),

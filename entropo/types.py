@@ -56,8 +56,12 @@ class RolloutOutput:
     behaviour_entropy: Tensor  # [R, L] float: entropy of the sampling distribution at each generated token
     prompt_index: Tensor  # [R] long: index into the prompts list
     completions: list[str]  # decoded responses (special tokens removed)
-    num_tokens: list[int]  # response lengths
-    finish_reasons: list[str]  # "eos" | "stop" | "length"
+    num_tokens: list[int]  # response lengths (whole response; hf_window rows may have generated part of it earlier)
+    finish_reasons: list[str]  # "eos" | "stop" | "length" | "partial" (unfinished; continued by a later rollout)
+    # Engines whose training rollouts carry unfinished rows across steps return more prompt slots than prompts:
+    # ``payloads[j]`` is what the caller passed for slot j (its Example), ``prompt_index`` indexes this list.
+    payloads: list[Any] | None = None
+    extras: dict[str, Tensor] = field(default_factory=dict)  # engine-specific [R, L] tensors -> Batch.extras
 
 
 @dataclass

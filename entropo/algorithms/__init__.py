@@ -27,4 +27,5 @@ from entropo.algorithms import (  # noqa: F401
     seed_grpo,
     siren,
     steer,
+    tppo,
 )

@@ -3,5 +3,6 @@ built-in engines (``("engine", "hf")``: in-process Hugging Face sampling with a 
 
 from entropo.rollout.hf import HFEngine
 from entropo.rollout.tree import HFTreeEngine  # noqa: F401  (registers ("engine", "hf_tree"))
+from entropo.rollout.window import HFWindowEngine  # noqa: F401  (registers ("engine", "hf_window"))
 
 __all__ = ["HFEngine"]

@@ -15,7 +15,7 @@ as a single user message; ``False`` never applies a template (message lists are 
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import Tensor
@@ -110,13 +110,21 @@ class HFEngine:
     """Batched sampling from an in-process Hugging Face causal LM.
 
     ``max_batch_size`` bounds how many rows (prompt x sample) decode together, which bounds the KV-cache memory.
+    ``min_new_tokens`` (recipe: ``rollout.engine_params``) forbids EOS and ignores stop strings until a row has that
+    many tokens, like ``transformers``' ``min_new_tokens``: EOS logits are set to -inf before sampling, so the
+    recorded behaviour log-probs are those of that constrained distribution. Benchmarks use it to make every row
+    exactly ``max_new_tokens`` long (identical work on both sides of a comparison); 0 leaves sampling unchanged.
     """
 
-    def __init__(self, model, tokenizer, *, chat_template: str | bool = "auto", max_batch_size: int = 64):
+    def __init__(self, model, tokenizer, *, chat_template: str | bool = "auto", max_batch_size: int = 64,
+                 min_new_tokens: int = 0):
         if chat_template not in ("auto", True, False):
             raise ValueError(f"chat_template must be 'auto', True or False, got {chat_template!r}")
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
+        if min_new_tokens < 0:
+            raise ValueError(f"min_new_tokens must be >= 0, got {min_new_tokens}")
+        self.min_new_tokens = int(min_new_tokens)
         self.model = model
         self.tokenizer = tokenizer
         self.chat_template = chat_template
@@ -197,6 +205,23 @@ class HFEngine:
         return self._assemble(prompt_token_ids, row_prompt_index, responses, response_logprobs,
                               response_entropies, finish_reasons)
 
+    def rollout(self, examples: Sequence[Any], n: int, **sampling: Any) -> RolloutOutput:
+        """A training rollout: ``n`` samples of each example's prompt (``sampling`` as for ``generate``).
+
+        The trainer calls this, evaluation calls ``generate``. Every row here is a complete response; an engine that
+        splits responses across steps (``hf_window``) overrides it and returns unfinished rows as ``"partial"``.
+        """
+        out = self.generate([e.prompt for e in examples], n, **sampling)
+        out.payloads = list(examples)
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        """Engine state that must survive a resume (none here: sampling randomness lives in the caller's generator)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        del state
+
     def _generate_micro_batch(self, row_prompts: list[list[int]], temperature: float, top_p: float,
                               max_new_tokens: int, stop: list[str], generator: torch.Generator, device):
         """Decode one micro-batch; returns per row: response ids, their log-probs [T], entropies [T], finish reason."""
@@ -237,6 +262,8 @@ class HFEngine:
         stop_window = max((len(s) for s in stop), default=0) + 8  # tokens to decode when checking stop strings
         steps_run = 0
         for step in range(max_new_tokens):
+            if step < self.min_new_tokens and self.eos_token_ids:
+                next_logits = next_logits.index_fill(-1, eos_ids, float("-inf"))  # too early to end a row
             token_ids, token_logprob, entropy = _sample_step(next_logits, temperature, top_p, generator)
             token_ids = torch.where(active, token_ids, self.pad_token_id)
             step_token_ids[:, step] = token_ids
@@ -251,7 +278,7 @@ class HFEngine:
                 for r in hit_eos.nonzero().flatten().tolist():
                     reasons[r] = "eos"
             still_active = active & ~hit_eos
-            if stop and still_active.any():
+            if stop and step + 1 >= self.min_new_tokens and still_active.any():
                 # Only the recent tokens can complete a stop string that was not complete a step earlier.
                 lo = max(0, step + 1 - stop_window)
                 recent = step_token_ids[:, lo:step + 1].tolist()
