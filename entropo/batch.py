@@ -84,6 +84,15 @@ class Batch:
         """Consecutive chunks of at most ``micro_batch_size`` rows."""
         return [self.select(list(range(i, min(i + micro_batch_size, self.size)))) for i in range(0, self.size, micro_batch_size)]
 
+    def split_by_length(self, micro_batch_size: int) -> list[tuple[Tensor, "Batch"]]:
+        """Micro-batches of rows of similar length, each with its row indices into this batch.
+
+        Rows sorted by their number of real tokens share micro-batches, so each one spans few padded columns (the
+        log-prob pass runs the model only over columns some row uses). Sums over micro-batches are unchanged."""
+        lengths = self.attention_mask.sum(-1).cpu()
+        order = torch.sort(lengths, stable=True).indices
+        return [(rows, self.select(rows)) for rows in order.split(micro_batch_size)]
+
     @staticmethod
     def concat(batches: list["Batch"]) -> "Batch":
         """Stack batches row-wise, right-padding the shorter ones (pad id 0, masks 0)."""

@@ -8,6 +8,7 @@ registry, and their ``params`` against the component's signature, so a typo fail
 from __future__ import annotations
 
 import inspect
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -117,12 +118,18 @@ class TrainConfig(_Section):
     micro_batch_size: int = Field(32, ge=1, description="Rows per forward/backward (gradient accumulation).")
     grad_clip: float | None = Field(1.0, description="Max global grad norm (None = no clipping).")
     logprob_chunk_size: int = Field(1024, ge=1, description="Tokens per chunk in the log-prob/entropy pass.")
-    old_logprobs: Literal["recompute", "behaviour"] = Field(
-        "recompute",
-        description="Pre-update log-probs/entropies: 'recompute' runs a forward pass of the policy; 'behaviour' reuses "
-        "what the rollout engine recorded while sampling (same weights, same temperature: equal to a fresh forward "
-        "up to float rounding, and one forward pass cheaper). 'behaviour' needs rollout.top_p = 1; components with "
-        "old-pass hooks (old_token_fns) still get a forward.",
+    activation_checkpointing: bool = Field(
+        False, description="Recompute each decoder layer's activations in the backward pass instead of keeping them: "
+        "less memory in the update for about one more forward of compute (the models' gradient checkpointing).")
+    threads: int | None = Field(
+        None, ge=1, description="torch intra-op CPU threads (None = torch's default, one per physical core).")
+    old_logprobs: Literal["auto", "recompute", "behaviour"] = Field(
+        "auto",
+        description="Pre-update log-probs/entropies. 'auto' reuses what the rollout engine recorded while sampling "
+        "whenever that is exact for every row of the batch (sampled by these weights at rollout.temperature with "
+        "top_p = 1 and no constrained decoding, and no component needs old-pass hooks): equal to a fresh forward up "
+        "to float rounding and one forward pass cheaper; otherwise it runs the forward. 'recompute' always runs it. "
+        "'behaviour' is 'auto' that also rejects recipes where reuse can never apply (top_p < 1).",
     )
 
 
@@ -314,6 +321,22 @@ def _format_validation_error(err: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 safe loading, plus YAML 1.2 floats: ``1e-3`` is a number, not the string PyYAML makes of it."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)?(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
+def yaml_load(text: str) -> Any:
+    """Parse recipe YAML (files and ``--set`` values) with ``1e-5``-style floats read as numbers."""
+    return yaml.load(text, Loader=_Loader)  # a SafeLoader subclass: no arbitrary objects
+
+
 def parse_override(item: str) -> tuple[list[str], Any]:
     """'a.b.c=value' -> (['a','b','c'], yaml-parsed value)."""
     if "=" not in item:
@@ -323,7 +346,7 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     if not key or any(not p for p in key.split(".")):
         raise ConfigError(f"--set {item!r}: empty key part; use a dotted path like objective.params.clip_high")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = yaml_load(raw) if raw.strip() else ""
     except yaml.YAMLError as e:
         raise ConfigError(f"--set {item!r}: value is not valid YAML ({e.__class__.__name__})") from None
     return key.split("."), value
@@ -369,7 +392,7 @@ def load_recipe(path: str | Path | None = None, overrides: list[str] | None = No
         if not p.exists():
             raise ConfigError(f"recipe file not found: {p}. List the shipped recipes with `entropo recipes`.")
         try:
-            loaded = yaml.safe_load(p.read_text())
+            loaded = yaml_load(p.read_text())
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
             where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -68,6 +68,14 @@ class RunState:
     history: list[dict[str, float]] = field(default_factory=list)  # (entropy, accuracy) per step for the R(H) fit
 
 
+def enable_activation_checkpointing(model) -> None:
+    """Per-layer activation recomputation (transformers >= 5.x name, with the older name as fallback)."""
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -103,20 +111,25 @@ def score_tokens(model, batch: Batch, *, temperature: float, micro_batch_size: i
                  token_fns: dict[str, Callable] | None = None):
     """Log-probs, entropies ([B,L] each) and any per-token functionals ({name: [B,L]}) of the response tokens under
     ``model``, with no grad, micro-batched."""
-    lps, ents, extras = [], [], []
-    for mb in batch.split(micro_batch_size):
+    shape = tuple(batch.input_ids.shape)
+    logprobs = torch.zeros(shape, dtype=torch.float32, device=batch.input_ids.device)
+    entropy = torch.zeros_like(logprobs)
+    extras = {k: torch.zeros_like(logprobs) for k in (token_fns or {})}
+    for rows, mb in batch.split_by_length(micro_batch_size):
+        rows = rows.to(logprobs.device)
         lp, ent, ex = ops.token_logprobs_and_entropy(
             model, mb.input_ids, mb.attention_mask, chunk_size=chunk_size, temperature=temperature,
             compute_mask=mb.response_mask, token_fns=token_fns or {},
         )
-        lps.append(lp.float())
-        ents.append(ent.float())
-        extras.append(ex)
-    return torch.cat(lps), torch.cat(ents), {k: torch.cat([e[k] for e in extras]) for k in (token_fns or {})}
+        logprobs[rows], entropy[rows] = lp.float(), ent.float()
+        for k, v in ex.items():
+            extras[k][rows] = v.float()
+    return logprobs, entropy, extras
 
 
 def build_batch(rollout: RolloutOutput, examples: list[Example], samples: list[Sample], rewards: list[float],
-                correct: list[bool], first_group_id: int, device: torch.device) -> Batch:
+                correct: list[bool], first_group_id: int, device: torch.device,
+                behaviour_temperature: float | None = None) -> Batch:
     """Turn engine output + rewards into a Batch; rows of prompt slot p share group id first_group_id + p."""
     idx = rollout.prompt_index.tolist()
     return Batch(
@@ -135,6 +148,8 @@ def build_batch(rollout: RolloutOutput, examples: list[Example], samples: list[S
             "finish_reason": list(rollout.finish_reasons),
             "num_tokens": list(rollout.num_tokens),
             "sample": list(samples),
+            # the temperature at which behaviour_logprobs are the policy's own log-probs (None: constrained sampling)
+            "behaviour_temperature": [behaviour_temperature] * len(samples),
         },
     )
 
@@ -161,7 +176,7 @@ def accumulate_gradients(model, mini: Batch, recipe: Recipe, objective: Bound, r
     sums: dict[str, float] = {}
     weight_total = 0.0
     pg_loss_sum = total_loss_sum = 0.0  # micro-batch losses add up to the mini-batch loss
-    for micro in mini.split(recipe.train.micro_batch_size):
+    for _rows, micro in mini.split_by_length(recipe.train.micro_batch_size):
         n_tok = float(micro.response_mask.sum())
         if n_tok == 0:
             continue
@@ -290,7 +305,9 @@ def rollout_batch(engine, task, rewards: RewardRunner, recipe: Recipe, examples:
     for r, value, ok in zip(finished, scored.rewards, scored.correct):
         reward_list[r], correct[r] = value, ok
     t_reward = time.perf_counter() - t0
-    batch = build_batch(rollout, slots, samples, reward_list, correct, first_group_id, device)
+    exact = recipe.rollout.top_p == 1.0 and getattr(engine, "records_policy_logprobs", False)
+    batch = build_batch(rollout, slots, samples, reward_list, correct, first_group_id, device,
+                        behaviour_temperature=temperature if exact else None)
     stats = {"rollout_s": t_rollout, "reward_s": t_reward, "tokens": float(rollout.response_mask.sum()),
              "failures": float(sum(f is not None for f in scored.failures)), "groups": len(slots)}
     return batch, stats
@@ -319,6 +336,14 @@ def train(recipe: Recipe, *, run_dir: str | Path | None = None, resume: bool = F
     except (OSError, ValueError, TypeError) as e:  # FileNotFoundError is an OSError
         raise ConfigError(f"model.name_or_path={recipe.model.name_or_path!r}: {e}") from e
     model.to(device)
+    if recipe.train.threads is not None:
+        torch.set_num_threads(recipe.train.threads)
+    if recipe.train.activation_checkpointing:
+        if not getattr(model, "supports_gradient_checkpointing", False):
+            raise ConfigError(f"train.activation_checkpointing=true: {type(model).__name__} does not support it; "
+                              f"set it to false")
+        # only active in train mode, i.e. in the update; sampling and scoring are unaffected
+        enable_activation_checkpointing(model)
     task = make_task(recipe.task, recipe.seed, recipe.task.eval_size, "task")
     eval_examples = task.eval_examples()[: recipe.eval.max_prompts]
     engine = registry.get("engine", recipe.rollout.engine)(model, tokenizer, chat_template=recipe.rollout.chat_template,
@@ -397,7 +422,8 @@ def train(recipe: Recipe, *, run_dir: str | Path | None = None, resume: bool = F
 
     def score(batch: Batch) -> None:
         """The pre-update scoring pass: policy log-probs/entropy, old_token_fns outputs, reference log-probs."""
-        if recipe.train.old_logprobs == "behaviour" and not old_token_fns:
+        exact = [t == recipe.rollout.temperature for t in batch.info.get("behaviour_temperature", [None])]
+        if recipe.train.old_logprobs != "recompute" and all(exact) and not old_token_fns:
             # the engine sampled from these very weights at this temperature: its records are the old policy
             batch.old_logprobs = batch.behaviour_logprobs.clone()
             batch.old_entropy = batch.extras["behaviour_entropy"].clone()

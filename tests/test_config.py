@@ -117,3 +117,12 @@ def test_defaults_are_valid_and_documented():
 def test_apply_overrides_creates_sections():
     d = apply_overrides({}, ["a.b.c=1", "a.d=x"])
     assert d == {"a": {"b": {"c": 1}, "d": "x"}}
+
+
+def test_exponent_floats_are_numbers_in_files_and_overrides(tmp_path):
+    # PyYAML (YAML 1.1) reads "1e-3" as a string; recipes and --set follow YAML 1.2 and read a float
+    p = tmp_path / "r.yaml"
+    p.write_text("optimizer: {lr: 3e-4}\nadvantage: {name: gae, params: {value_lr: 1e-2}}\n")
+    r = load_recipe(p, ["objective.params={clip_low: 2e-1}"])
+    assert r.optimizer.lr == 3e-4 and r.advantage.params["value_lr"] == 1e-2
+    assert r.objective.params["clip_low"] == 0.2

@@ -131,10 +131,12 @@ def test_end_to_end_tiny_run_writes_metrics_and_reloadable_checkpoint(tmp_path, 
 
 
 def test_reusing_behaviour_logprobs_matches_a_fresh_forward(tmp_path, tiny_recipe_overrides):
-    """train.old_logprobs=behaviour skips the scoring forward; the run must match the recomputing one to rounding."""
+    """train.old_logprobs=auto (the default) skips the scoring forward; the run must match the recomputing one to
+    rounding."""
     ov = tiny_recipe_overrides + ["train.steps=3", "logging.tensorboard=false"]
-    a = train(load_recipe(None, ov), run_dir=tmp_path / "recompute", console=lambda *_: None)
-    b = train(load_recipe(None, ov + ["train.old_logprobs=behaviour"]), run_dir=tmp_path / "reuse",
+    a = train(load_recipe(None, ov + ["train.old_logprobs=recompute"]), run_dir=tmp_path / "recompute",
+              console=lambda *_: None)
+    b = train(load_recipe(None, ov), run_dir=tmp_path / "reuse",
               console=lambda *_: None)
     ra = [r for r in read_metrics(tmp_path / "recompute") if not r.get("final")]
     rb = [r for r in read_metrics(tmp_path / "reuse") if not r.get("final")]

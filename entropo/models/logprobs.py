@@ -184,9 +184,15 @@ def token_logprobs_and_entropy(
             return logprobs, entropy, {k: torch.zeros_like(logprobs) for k in fn_names}
         return logprobs, entropy
 
-    hidden = decoder_hidden_states(model, input_ids, attention_mask, position_ids)  # [B, L, H]
+    # Run the body only over the columns that matter: from the first real token of any row (left padding shared by
+    # every row is skipped) up to the last position that predicts a scored token (causal: later columns can't
+    # change it). Positions come from the full mask, so the result is the same as on the untrimmed rows.
+    first = int(real.any(0).to(torch.int8).argmax())
+    end = int(token_index.max())  # hidden states at columns [first, end) predict every scored token
+    hidden = decoder_hidden_states(model, input_ids[:, first:end], attention_mask[:, first:end],
+                                   position_ids[:, first:end])  # [B, end - first, H]
     # Token t is predicted from the hidden state at t-1.
-    scoring_hidden = hidden[row_index, token_index - 1]  # [N, H]
+    scoring_hidden = hidden[row_index, token_index - 1 - first]  # [N, H]
     target_ids = input_ids[row_index, token_index]  # [N]
     lm_head = model.get_output_embeddings()
     transform = _logit_transform(model)

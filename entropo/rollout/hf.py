@@ -205,6 +205,12 @@ class HFEngine:
         return self._assemble(prompt_token_ids, row_prompt_index, responses, response_logprobs,
                               response_entropies, finish_reasons)
 
+    @property
+    def records_policy_logprobs(self) -> bool:
+        """True when the recorded behaviour log-probs are the policy's own at the sampling temperature (with
+        top_p = 1): false while ``min_new_tokens`` masks EOS, which changes the sampling distribution."""
+        return self.min_new_tokens == 0
+
     def rollout(self, examples: Sequence[Any], n: int, **sampling: Any) -> RolloutOutput:
         """A training rollout: ``n`` samples of each example's prompt (``sampling`` as for ``generate``).
 
