@@ -115,7 +115,18 @@ class TrainConfig(_Section):
     steps: int = Field(50, ge=0, description="RL steps (one rollout batch and its updates per step).")
     ppo_epochs: int = Field(1, ge=1, description="Passes over each rollout batch.")
     mini_batches: int = Field(1, ge=1, description="Optimizer steps per epoch (the rollout batch is split).")
-    micro_batch_size: int = Field(32, ge=1, description="Rows per forward/backward (gradient accumulation).")
+    micro_batch_size: int | Literal["auto"] = Field(
+        32, description="Rows per forward/backward (gradient accumulation); 'auto' = the most rows whose saved "
+        "activations fit in activation_memory_mb (entropo/memory.py), at the longest expected row.")
+    activation_memory_mb: float = Field(
+        2048.0, gt=0, description="Budget for one micro-batch's saved activations when micro_batch_size=auto.")
+
+    @field_validator("micro_batch_size")
+    @classmethod
+    def _positive_micro_batch(cls, v):
+        if isinstance(v, int) and v < 1:
+            raise ValueError("must be >= 1 or 'auto'")
+        return v
     grad_clip: float | None = Field(1.0, description="Max global grad norm (None = no clipping).")
     logprob_chunk_size: int = Field(1024, ge=1, description="Tokens per chunk in the log-prob/entropy pass.")
     activation_checkpointing: bool = Field(

@@ -68,6 +68,19 @@ class RunState:
     history: list[dict[str, float]] = field(default_factory=list)  # (entropy, accuracy) per step for the R(H) fit
 
 
+def resolve_auto_micro_batch(recipe: Recipe, model, engine, task, probe_prompts: int = 64) -> Recipe:
+    """The recipe with ``train.micro_batch_size`` set from the activation budget, for the longest row expected:
+    the longest of the first ``probe_prompts`` training prompts plus ``rollout.max_new_tokens``."""
+    from entropo.memory import auto_micro_batch_size
+
+    count = min(probe_prompts, task.train_size())
+    longest_prompt = max(len(engine.encode_prompt(task.train_example(i).prompt)) for i in range(count))
+    rows = auto_micro_batch_size(model.config, budget_mb=recipe.train.activation_memory_mb,
+                                 row_tokens=longest_prompt + recipe.rollout.max_new_tokens,
+                                 checkpointing=recipe.train.activation_checkpointing)
+    return recipe.model_copy(update={"train": recipe.train.model_copy(update={"micro_batch_size": rows})})
+
+
 def enable_activation_checkpointing(model) -> None:
     """Per-layer activation recomputation (transformers >= 5.x name, with the older name as fallback)."""
     if hasattr(model, "activation_checkpointing_enable"):
@@ -349,6 +362,10 @@ def train(recipe: Recipe, *, run_dir: str | Path | None = None, resume: bool = F
     engine = registry.get("engine", recipe.rollout.engine)(model, tokenizer, chat_template=recipe.rollout.chat_template,
                                                            max_batch_size=recipe.rollout.max_batch_size,
                                                            **recipe.rollout.engine_params)
+    if recipe.train.micro_batch_size == "auto":
+        recipe = resolve_auto_micro_batch(recipe, model, engine, task)
+        console(f"train.micro_batch_size=auto -> {recipe.train.micro_batch_size} rows "
+                f"(activation budget {recipe.train.activation_memory_mb:.0f} MB)")
     rewards = RewardRunner([r.model_dump() for r in recipe.rewards], timeout_s=recipe.reward_timeout_s)
     advantage = Bound("advantage", recipe.advantage.name, recipe.advantage.params)
     objective = Bound("objective", recipe.objective.name, recipe.objective.params)

@@ -99,3 +99,30 @@ def test_activation_checkpointing_gives_the_same_gradients(tmp_path, tiny_recipe
     out = train(load_recipe(None, ov), run_dir=tmp_path / "gc", console=lambda *_: None)
     assert out["steps"] == 1 and torch.get_num_threads() == 1
     torch.set_num_threads(2)
+
+
+def test_activation_estimate_by_hand_and_auto_micro_batch(tmp_path, tiny_recipe_overrides):
+    from types import SimpleNamespace
+
+    from entropo.memory import activation_bytes_per_token, auto_micro_batch_size
+
+    smol = SimpleNamespace(hidden_size=576, intermediate_size=1536, num_hidden_layers=30)
+    # 4 bytes * 30 layers * (14*576 + 5*1536) = 4 * 30 * 15744 = 1,889,280 bytes per token
+    assert activation_bytes_per_token(smol, checkpointing=False) == 1_889_280
+    # checkpointed: 4 * (30*576 + 15744) = 4 * 33024 = 132,096
+    assert activation_bytes_per_token(smol, checkpointing=True) == 132_096
+    # 2048 MB / (1,889,280 * 100 tokens) = 2147483648 / 188928000 = 11.37 -> 11 rows
+    assert auto_micro_batch_size(smol, budget_mb=2048, row_tokens=100, checkpointing=False) == 11
+    assert auto_micro_batch_size(smol, budget_mb=1, row_tokens=10_000, checkpointing=False) == 1  # never 0
+    # end to end: 'auto' resolves to an int that the whole run uses
+    ov = tiny_recipe_overrides + ["train.steps=1", "train.micro_batch_size=auto", "train.activation_memory_mb=0.05",
+                                  "logging.tensorboard=false"]
+    lines = []
+    train(load_recipe(None, ov), run_dir=tmp_path / "auto", console=lines.append)
+    chosen = [s for s in lines if "micro_batch_size=auto" in s]
+    assert len(chosen) == 1 and int(chosen[0].split("-> ")[1].split()[0]) >= 1
+    import pytest
+
+    from entropo.config import ConfigError
+    with pytest.raises(ConfigError, match="micro_batch_size"):
+        load_recipe(None, ["train.micro_batch_size=0"])
