@@ -126,3 +126,19 @@ def test_activation_estimate_by_hand_and_auto_micro_batch(tmp_path, tiny_recipe_
     from entropo.config import ConfigError
     with pytest.raises(ConfigError, match="micro_batch_size"):
         load_recipe(None, ["train.micro_batch_size=0"])
+
+
+def test_shared_prompt_prefill_samples_exactly_what_per_row_prefill_does():
+    from entropo.rollout import HFEngine
+
+    model, tokenizer = tiny()
+    prompts = ["1+2=", "3+4+5=", "1+2=", "9="]  # a repeated prompt across groups shares too
+    outs = []
+    for share in (True, False):
+        engine = HFEngine(model, tokenizer, share_prompt_prefill=share, max_batch_size=6)  # groups split by chunks
+        outs.append(engine.generate(prompts, 3, temperature=1.0, max_new_tokens=5,
+                                    generator=torch.Generator().manual_seed(0)))
+    a, b = outs
+    assert torch.equal(a.input_ids, b.input_ids) and a.finish_reasons == b.finish_reasons
+    assert torch.allclose(a.behaviour_logprobs, b.behaviour_logprobs, atol=1e-5)
+    assert torch.allclose(a.behaviour_entropy, b.behaviour_entropy, atol=1e-5)

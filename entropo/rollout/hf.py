@@ -114,10 +114,12 @@ class HFEngine:
     many tokens, like ``transformers``' ``min_new_tokens``: EOS logits are set to -inf before sampling, so the
     recorded behaviour log-probs are those of that constrained distribution. Benchmarks use it to make every row
     exactly ``max_new_tokens`` long (identical work on both sides of a comparison); 0 leaves sampling unchanged.
+    ``share_prompt_prefill`` prefills each distinct prompt of a micro-batch once and copies its KV cache to the rows
+    that sample from it (a group of n samples costs one prefill instead of n).
     """
 
     def __init__(self, model, tokenizer, *, chat_template: str | bool = "auto", max_batch_size: int = 64,
-                 min_new_tokens: int = 0):
+                 min_new_tokens: int = 0, share_prompt_prefill: bool = True):
         if chat_template not in ("auto", True, False):
             raise ValueError(f"chat_template must be 'auto', True or False, got {chat_template!r}")
         if max_batch_size < 1:
@@ -125,6 +127,7 @@ class HFEngine:
         if min_new_tokens < 0:
             raise ValueError(f"min_new_tokens must be >= 0, got {min_new_tokens}")
         self.min_new_tokens = int(min_new_tokens)
+        self.share_prompt_prefill = share_prompt_prefill
         self.model = model
         self.tokenizer = tokenizer
         self.chat_template = chat_template
@@ -248,16 +251,28 @@ class HFEngine:
         next_position = prompt_attention.sum(-1)  # [rows] position id of the next token (left padding skipped)
         eos_ids = torch.tensor(self.eos_token_ids or [-1], dtype=torch.long, device=device)
 
+        # Rows that share a prompt (the n samples of a group) share its prefill: run each distinct prompt once, then
+        # copy its KV cache and first logits to every row of it. Same values as prefilling every row.
+        distinct: dict[tuple[int, ...], int] = {}
+        row_source = [distinct.setdefault(tuple(ids), len(distinct)) for ids in row_prompts]
+        first_rows = torch.tensor([row_source.index(k) for k in range(len(distinct))], device=device)
+        share = self.share_prompt_prefill and len(distinct) < num_rows
+        prefill_ids = prompt_ids[first_rows] if share else prompt_ids
+        prefill_attention = prompt_attention[first_rows] if share else prompt_attention
         cache = DynamicCache(config=self.model.config)
         out = self.model(
-            input_ids=prompt_ids,
-            attention_mask=prompt_attention,
-            position_ids=(prompt_attention.cumsum(-1) - 1).clamp(min=0),
+            input_ids=prefill_ids,
+            attention_mask=prefill_attention,
+            position_ids=(prefill_attention.cumsum(-1) - 1).clamp(min=0),
             past_key_values=cache,
             use_cache=True,
             logits_to_keep=1,
         )
         next_logits = out.logits[:, -1, :]
+        if share:
+            source = torch.tensor(row_source, device=device)
+            cache.batch_select_indices(source)
+            next_logits = next_logits[source]
 
         step_token_ids = torch.full((num_rows, max_new_tokens), self.pad_token_id, dtype=torch.long, device=device)
         step_logprobs = torch.zeros((num_rows, max_new_tokens), dtype=torch.float32, device=device)
