@@ -142,3 +142,21 @@ def test_shared_prompt_prefill_samples_exactly_what_per_row_prefill_does():
     assert torch.equal(a.input_ids, b.input_ids) and a.finish_reasons == b.finish_reasons
     assert torch.allclose(a.behaviour_logprobs, b.behaviour_logprobs, atol=1e-5)
     assert torch.allclose(a.behaviour_entropy, b.behaviour_entropy, atol=1e-5)
+
+
+def test_ignore_eos_gives_full_length_rows_with_policy_logprobs():
+    from entropo.rollout import HFEngine
+
+    model, tokenizer = tiny()
+    eos = HFEngine(model, tokenizer).eos_token_ids[0]
+    with torch.no_grad():  # bias the model towards EOS so that rows would normally end at once
+        model.get_output_embeddings().weight[eos] += 5.0
+    plain = HFEngine(model, tokenizer).generate(["1+2="], 4, max_new_tokens=6,
+                                                generator=torch.Generator().manual_seed(0))
+    assert any(r == "eos" for r in plain.finish_reasons)
+    engine = HFEngine(model, tokenizer, ignore_eos=True)
+    out = engine.generate(["1+2="], 4, max_new_tokens=6, generator=torch.Generator().manual_seed(0))
+    assert out.num_tokens == [6] * 4 and out.finish_reasons == ["length"] * 4 and engine.records_policy_logprobs
+    # the recorded log-probs are the unconstrained policy's: equal to a fresh forward of the same rows
+    lp, _ = token_logprobs_and_entropy(model, out.input_ids, out.attention_mask, compute_mask=out.response_mask)
+    assert torch.allclose(lp, out.behaviour_logprobs, atol=1e-5)

@@ -114,12 +114,15 @@ class HFEngine:
     many tokens, like ``transformers``' ``min_new_tokens``: EOS logits are set to -inf before sampling, so the
     recorded behaviour log-probs are those of that constrained distribution. Benchmarks use it to make every row
     exactly ``max_new_tokens`` long (identical work on both sides of a comparison); 0 leaves sampling unchanged.
+    ``ignore_eos`` keeps decoding after an EOS token (rows end only at stop strings or the budget) without changing
+    the sampling distribution, so the recorded log-probs stay the policy's: fixed-length rows for benchmarks that
+    can still reuse them (``train.old_logprobs``), unlike ``min_new_tokens``.
     ``share_prompt_prefill`` prefills each distinct prompt of a micro-batch once and copies its KV cache to the rows
     that sample from it (a group of n samples costs one prefill instead of n).
     """
 
     def __init__(self, model, tokenizer, *, chat_template: str | bool = "auto", max_batch_size: int = 64,
-                 min_new_tokens: int = 0, share_prompt_prefill: bool = True):
+                 min_new_tokens: int = 0, ignore_eos: bool = False, share_prompt_prefill: bool = True):
         if chat_template not in ("auto", True, False):
             raise ValueError(f"chat_template must be 'auto', True or False, got {chat_template!r}")
         if max_batch_size < 1:
@@ -127,6 +130,7 @@ class HFEngine:
         if min_new_tokens < 0:
             raise ValueError(f"min_new_tokens must be >= 0, got {min_new_tokens}")
         self.min_new_tokens = int(min_new_tokens)
+        self.ignore_eos = ignore_eos
         self.share_prompt_prefill = share_prompt_prefill
         self.model = model
         self.tokenizer = tokenizer
@@ -294,7 +298,7 @@ class HFEngine:
             lengths += active.long()
             steps_run = step + 1
 
-            hit_eos = active & torch.isin(token_ids, eos_ids)
+            hit_eos = active & torch.isin(token_ids, eos_ids) & (not self.ignore_eos)
             if hit_eos.any():
                 for r in hit_eos.nonzero().flatten().tolist():
                     reasons[r] = "eos"
