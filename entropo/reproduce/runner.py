@@ -1,0 +1,172 @@
+"""Run the reproduction suite: every (arm, seed) once, in-process and sequentially, then measure, check and report.
+
+Layout of the output directory::
+
+    OUT/report.md, OUT/summary.json, OUT/plots/*.png   the report (entropo.reproduce.report)
+    OUT/runs/<arm>/seed<k>/                            one ordinary run directory per arm and seed
+    OUT/warmup/threads<n>/<key>/final/                 the SFT warm-up, once per (model, task, warm-up, seed)
+
+Arms shared by several experiments (the GRPO baselines) run once. A finished run (its metrics end with the
+end-of-run row) is reused when the suite is run again into the same directory; an unfinished one is started over.
+
+The warm-up cache: the trainer seeds everything, builds the model (the tiny model's init leaves the global RNG
+alone), then warms it up with its own generator, so a run that starts from the saved warmed-up model with
+``warmup.steps=0`` is identical to one that warms up itself (tests/test_reproduce.py checks the metrics).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from entropo.config import Recipe, dump_recipe, load_recipe
+from entropo.logging import read_metrics
+from entropo.reproduce.aggregate import Rows, final_row
+from entropo.reproduce.experiments import ARMS, Experiment, select
+
+RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+
+
+@dataclass
+class SuiteConfig:
+    """Scale of one suite run: ``quick`` is the ≤ 5-minute setting, the default the full one."""
+
+    seeds: int = 3
+    steps: int = 300
+    eval_size: int = 128
+    eval_n: int = 8
+    overrides: list[str] = field(default_factory=list)  # the user's --set, applied to every arm last
+    cache_warmup: bool = True
+    # torch intra-op threads during the suite. The tiny model gains nothing from a second thread, and on a shared
+    # machine OpenMP threads spin-wait for each other: a 20-step demo run took 247 s with 2 threads and 20 s with 1
+    # at load average 8 on 2 cores. None leaves torch's setting alone (e.g. for a real model on an idle machine).
+    threads: int | None = 1
+
+    @classmethod
+    def quick(cls, **kw) -> SuiteConfig:
+        return cls(**{"seeds": 2, "steps": 100, "eval_size": 64, **kw})
+
+    def common_overrides(self, seed: int) -> list[str]:
+        """Overrides every arm gets before its own: scale, evaluation, and no per-run extras."""
+        every = max(1, self.steps // 4)
+        # eval.max_prompts, not task.eval_size: the task's split (and so the warm-up) stays the shipped recipe's
+        return [f"seed={seed}", f"train.steps={self.steps}", f"eval.max_prompts={self.eval_size}",
+                f"eval.n={self.eval_n}", f"eval.k={sorted({1, self.eval_n})}", "eval.temperature=1.0",
+                f"eval.every={every}", "logging.progress=false", "logging.tensorboard=false", "logging.plots=false",
+                "checkpoint.every=0", "checkpoint.keep=1"]
+
+
+def arm_recipe(arm_name: str, seed: int, cfg: SuiteConfig) -> Recipe:
+    """The recipe of one arm at one seed: shipped recipe <- suite overrides <- arm overrides <- user overrides."""
+    arm = ARMS[arm_name]
+    own = [o.replace("{steps}", str(cfg.steps)) for o in arm.overrides]
+    recipe = load_recipe(RECIPES_DIR / f"{arm.recipe}.yaml", cfg.common_overrides(seed) + own + cfg.overrides)
+    recipe.name = f"{arm_name}_seed{seed}"
+    return recipe
+
+
+def warmup_key(recipe: Recipe) -> str:
+    """Everything the warm-up's result depends on: model, warm-up settings, task (and its split), seed, prompt
+    encoding."""
+    parts = {"model": recipe.model.model_dump(mode="json"), "warmup": recipe.warmup.model_dump(mode="json"),
+             "task": recipe.task.model_dump(mode="json"), "seed": recipe.seed, "engine": recipe.rollout.engine,
+             "chat_template": recipe.rollout.chat_template, "engine_params": recipe.rollout.engine_params}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def is_finished(run_dir: Path) -> bool:
+    return bool(final_row(read_metrics(run_dir)))
+
+
+def recipe_fingerprint(recipe: Recipe, threads: int | None) -> str:
+    """The arm's recipe and the thread count (float reductions, hence the numbers, depend on it)."""
+    return hashlib.sha256(f"{dump_recipe(recipe)}\nthreads={threads}".encode()).hexdigest()[:16]
+
+
+def warmed_up_model(recipe: Recipe, cache_dir: Path, train_fn: Callable, console: Callable[[str], None]) -> Path:
+    """Path of the model after ``recipe``'s warm-up, computed once per warm-up key: a 0-RL-step run of the recipe
+    (so the warm-up is exactly the trainer's), with a cheap greedy evaluation."""
+    where = cache_dir / warmup_key(recipe)
+    final = where / "final"
+    if is_finished(where) and final.is_dir():
+        return final
+    if where.exists():
+        shutil.rmtree(where)
+    warm = recipe.model_copy(deep=True)
+    warm.train.steps = 0
+    warm.eval.k = [1]  # before n: every k must stay <= n
+    warm.eval.n, warm.eval.temperature = 1, 0.0
+    train_fn(warm, run_dir=where, console=lambda *_: None)
+    console(f"  warm-up cached: {where}")
+    return final
+
+
+def from_warm_model(recipe: Recipe, model_path: Path) -> Recipe:
+    """The same recipe starting from an already warmed-up model: no warm-up of its own."""
+    out = recipe.model_copy(deep=True)
+    out.model.name_or_path = str(model_path)
+    out.warmup.steps = 0
+    return out
+
+
+def run_arm(arm_name: str, seed: int, cfg: SuiteConfig, out_dir: Path, console: Callable[[str], None],
+            train_fn: Callable | None = None) -> Path:
+    """Run (or reuse) one arm at one seed; returns its run directory."""
+    if train_fn is None:
+        from entropo.trainer import train as train_fn
+    run_dir = out_dir / "runs" / arm_name / f"seed{seed}"
+    recipe = arm_recipe(arm_name, seed, cfg)
+    key_file = run_dir / "repro_recipe.sha"  # the arm's recipe before the warm-up swap: reuse only an equal run
+    if is_finished(run_dir) and key_file.exists() and key_file.read_text() == recipe_fingerprint(recipe, cfg.threads):
+        console(f"  {arm_name} seed {seed}: reusing {run_dir}")
+        return run_dir
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    fingerprint = recipe_fingerprint(recipe, cfg.threads)
+    if cfg.cache_warmup and recipe.warmup.steps > 0:
+        cache = out_dir / "warmup" / f"threads{cfg.threads or 'default'}"  # the numbers depend on the thread count
+        recipe = from_warm_model(recipe, warmed_up_model(recipe, cache, train_fn, console))
+    t0 = time.perf_counter()
+    train_fn(recipe, run_dir=run_dir, console=lambda *_: None)
+    key_file.write_text(fingerprint)
+    console(f"  {arm_name} seed {seed}: {cfg.steps} steps in {time.perf_counter() - t0:.1f} s")
+    return run_dir
+
+
+def run_suite(out_dir: str | Path, cfg: SuiteConfig, only: list[str] | None = None,
+              console: Callable[[str], None] = print, command: str = "") -> dict[str, Any]:
+    """Run the selected experiments' arms for every seed, then write OUT/report.md; returns the summary dict."""
+    from entropo.reproduce.report import write_report
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    experiments: list[Experiment] = select(only)
+    arms = list(dict.fromkeys(a for e in experiments for a in e.arms))
+    for arm in arms:  # fail on a bad override before any run starts
+        arm_recipe(arm, 0, cfg)
+    if arms:  # a user's --set train.steps=N wins: take it as the suite's scale (eval spacing, report)
+        steps = arm_recipe(arms[0], 0, cfg).train.steps
+        cfg = replace(cfg, steps=steps) if steps != cfg.steps else cfg
+    load_start = os.getloadavg()[0]  # the machine may be shared: timings are read against its load
+    t0 = time.perf_counter()
+    runs: dict[str, list[Rows]] = {}
+    threads_before = torch.get_num_threads()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    try:
+        for arm in arms:
+            runs[arm] = [read_metrics(run_arm(arm, seed, cfg, out_dir, console)) for seed in range(cfg.seeds)]
+    finally:
+        torch.set_num_threads(threads_before)
+    wall = time.perf_counter() - t0
+    return write_report(out_dir, experiments, runs, cfg, wall_s=wall, command=command,
+                        load=(load_start, os.getloadavg()[0]))
