@@ -80,7 +80,9 @@ class WarmupConfig(_Section):
 
 
 class TaskConfig(Component):
-    eval_size: int = Field(64, ge=1, description="Held-out prompts (split by seed) used for accuracy reports.")
+    eval_size: int = Field(64, ge=1, description="Held-out prompts (split by seed) used for accuracy reports. It also "
+                           "decides which prompts remain for training, so changing it changes the run; to evaluate on "
+                           "fewer prompts use eval.max_prompts.")
 
 
 class RolloutConfig(_Section):
