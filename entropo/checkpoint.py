@@ -12,7 +12,7 @@ import random
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -43,12 +43,22 @@ def _fsync_dir(path: Path) -> None:
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write a file so readers see the old or the new content, never a torn one."""
+    atomic_write(path, lambda f: f.write(data))
+
+
+def atomic_torch_save(path: Path, obj: Any) -> None:
+    """``torch.save`` straight into a temp file, then rename: atomic, and no in-memory copy of the bytes."""
+    atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def atomic_write(path: Path, write: Callable[[Any], Any]) -> None:
+    """Call ``write(binary_file)`` on a temp file beside ``path``, fsync, and rename it over ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

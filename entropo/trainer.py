@@ -423,7 +423,7 @@ def train(recipe: Recipe, *, run_dir: str | Path | None = None, resume: bool = F
         else:  # a frozen copy of the policy at RL start (after any warm-up), kept on disk for resumes
             ref_model = models.load_reference(model, dtype=recipe.model.dtype, device=device)
             if latest is None:
-                ckpt.atomic_write_bytes(ref_path, _state_bytes(model))
+                ckpt.atomic_torch_save(ref_path, model.state_dict())
             else:
                 ref_model.load_state_dict(torch.load(ref_path, map_location="cpu", weights_only=True))
 
@@ -594,14 +594,6 @@ def train(recipe: Recipe, *, run_dir: str | Path | None = None, resume: bool = F
             summary["plots"] = [str(p) for p in plot_run(out_dir)]
     logger.close()
     return summary
-
-
-def _state_bytes(model) -> bytes:
-    import io
-
-    buf = io.BytesIO()
-    torch.save(model.state_dict(), buf)
-    return buf.getvalue()
 
 
 def save_checkpoint(out_dir, recipe, model, optimizer, scheduler, sampler, rollout_gen, update_gen, regs, components,
