@@ -72,7 +72,8 @@ def entropo_recipe(spec: dict[str, Any], run_root: str | Path):
         # one more step than we run: the loop is stopped by stop_after, so no final eval/save/plots are done
         "train": {"steps": total_steps(spec) + 1, "ppo_epochs": spec["ppo_epochs"], "mini_batches": 1,
                   "micro_batch_size": spec["micro_batch_size"], "grad_clip": 1.0,
-                  "logprob_chunk_size": ent["logprob_chunk_size"], "old_logprobs": ent["old_logprobs"]},
+                  "logprob_chunk_size": ent["logprob_chunk_size"], "old_logprobs": ent["old_logprobs"],
+                  "activation_checkpointing": ent.get("activation_checkpointing", False)},
         "optimizer": {"lr": spec["lr"], "schedule": "constant"},
         "eval": {"every": 0, "max_prompts": 1},  # the start-of-run eval is outside the timed steps; keep it short
         "logging": {"output_dir": str(run_root), "run_name": "run", "progress": False, "plots": False},

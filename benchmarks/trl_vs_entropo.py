@@ -139,7 +139,8 @@ def make_spec(cfg: dict[str, Any], model_path: str, epochs: int, kl_on: bool, ar
         "warmup_steps": args.warmup if args.warmup is not None else cfg["warmup_steps"],
         "timed_steps": args.steps if args.steps is not None else cfg["timed_steps"],
         "threads": args.threads,
-        "entropo": {"old_logprobs": args.entropo_old_logprobs, **cfg["entropo"]},
+        "entropo": {"old_logprobs": args.entropo_old_logprobs,
+                    "activation_checkpointing": args.entropo_activation_checkpointing, **cfg["entropo"]},
         "trl": {"gradient_checkpointing": args.trl_gradient_checkpointing},
     }
 
@@ -312,6 +313,8 @@ def main() -> int:
                         help="smoke check: 1-epoch KL-off cell only, 1 repeat, 1 warm-up + 1 timed step")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--entropo-old-logprobs", choices=["auto", "recompute"], default="auto")
+    parser.add_argument("--entropo-activation-checkpointing", type=lambda s: s.lower() in ("1", "true", "yes", "on"),
+                        default=False, help="entropo's train.activation_checkpointing (default false, its default)")
     parser.add_argument("--trl-gradient-checkpointing", type=lambda s: s.lower() in ("1", "true", "yes", "on"),
                         default=True, help="TRL's default is true (kept: a user's run)")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds per trial")
