@@ -38,8 +38,8 @@ from entropo.batch import Batch
 from entropo.components import Bound, StepContext, merged_token_fns
 from entropo.config import Recipe, check_components
 from entropo.rewards.runner import RewardRunner
-from entropo.trainer import (Regularizer, assign_advantages, make_task, policy_update, rollout_batch, score_tokens,
-                             seed_everything)
+from entropo.trainer import (Regularizer, assign_advantages, make_optimizer, make_task, policy_update, rollout_batch,
+                             score_tokens, seed_everything)
 
 
 # ---- closed form ---------------------------------------------------------------------------------------------------
@@ -137,9 +137,7 @@ def _update(model0, batch0: Batch, rewards: torch.Tensor, recipe: Recipe, regula
             b.ref_logprobs, _, _ = score_tokens(model0, b, **score_kw)
 
     ctx = StepContext(model=model, score=score, **ctx_kw)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr,
-                                  betas=recipe.optimizer.betas, eps=recipe.optimizer.eps,
-                                  weight_decay=recipe.optimizer.weight_decay)
+    optimizer = make_optimizer(model, recipe.optimizer, lr=lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _s: 1.0)
     generator = torch.Generator().manual_seed(recipe.seed + 2)
     model.eval()

@@ -154,6 +154,10 @@ class OptimizerConfig(_Section):
     schedule: Literal["constant", "linear", "cosine"] = Field("constant", description="LR schedule after warm-up.")
     warmup_steps: int = Field(0, ge=0, description="Linear LR warm-up steps.")
     min_lr_ratio: float = Field(0.0, ge=0, le=1, description="Final LR as a fraction of `lr` (linear/cosine).")
+    fused: bool = Field(
+        True, description="Use torch's fused AdamW kernel (one pass over each parameter; measured 7x faster than the "
+        "multi-tensor 'foreach' step for SmolLM2-135M on CPU). false = the foreach implementation; same update up to "
+        "float rounding.")
 
 
 class EvalConfig(_Section):

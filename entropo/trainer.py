@@ -68,6 +68,18 @@ class RunState:
     history: list[dict[str, float]] = field(default_factory=list)  # (entropy, accuracy) per step for the R(H) fit
 
 
+def make_optimizer(model, cfg, lr: float | None = None) -> torch.optim.Optimizer:
+    """AdamW over the trainable parameters, fused when ``cfg.fused`` (and the parameters' device supports it)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    kw = dict(lr=cfg.lr if lr is None else lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
+    if cfg.fused:
+        try:
+            return torch.optim.AdamW(params, fused=True, **kw)
+        except RuntimeError:  # a device/dtype without a fused kernel
+            pass
+    return torch.optim.AdamW(params, foreach=True, **kw)
+
+
 def resolve_auto_micro_batch(recipe: Recipe, model, engine, task, probe_prompts: int = 64) -> Recipe:
     """The recipe with ``train.micro_batch_size`` set from the activation budget, for the longest row expected:
     the longest of the first ``probe_prompts`` training prompts plus ``rollout.max_new_tokens``."""
@@ -379,9 +391,7 @@ def train(recipe: Recipe, *, run_dir: str | Path | None = None, resume: bool = F
     rollout_gen = torch.Generator(device=device).manual_seed(recipe.seed + 1)  # on the sampling device
     update_gen = torch.Generator().manual_seed(recipe.seed + 2)
     total_opt_steps = recipe.train.steps * recipe.train.ppo_epochs * recipe.train.mini_batches
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=recipe.optimizer.lr,
-                                  betas=recipe.optimizer.betas, eps=recipe.optimizer.eps,
-                                  weight_decay=recipe.optimizer.weight_decay)
+    optimizer = make_optimizer(model, recipe.optimizer)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(recipe.optimizer, total_opt_steps))
     state = RunState()
     logger = MetricsLogger(out_dir, tensorboard=recipe.logging.tensorboard, wandb=recipe.logging.wandb,
