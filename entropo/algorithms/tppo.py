@@ -139,9 +139,8 @@ class GAE:
 
     def _fit(self, hidden: Tensor, targets: Tensor, mask: Tensor) -> float:
         """Full-batch Adam steps of the value head on masked squared error; returns the final loss."""
-        loss = torch.tensor(0.0)
-        if mask.sum() == 0:
-            return float("nan")
+        if mask.sum() == 0 or self.value_epochs == 0:
+            return float("nan")  # nothing fitted this step
         for _ in range(self.value_epochs):
             values, _ = state_values_at_tokens(self.head, hidden)
             loss = ops.masked_mean((values - targets) ** 2, mask)

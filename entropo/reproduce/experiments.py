@@ -182,16 +182,22 @@ class Compare:
 
     def evaluate(self, values: dict[str, list[float]]) -> CheckResult:
         sign = 1.0 if self.higher else -1.0
-        diffs = [sign * (a - b) for a, b in zip(values[self.arm], values[self.baseline])]
-        if all(d > self.margin for d in diffs):
-            verdict = HELD
-        elif all(d <= 0 for d in diffs):
-            verdict = NOT_HELD
-        else:
-            verdict = INCONCLUSIVE
-        detail = (f"{self.arm} {_fmt(values[self.arm])} vs {self.baseline} {_fmt(values[self.baseline])}; "
-                  f"paired differences (arm - baseline) {', '.join(f'{sign * d:+.3f}' for d in diffs)}")
-        return CheckResult(self.describe(), verdict, {k: values[k] for k in self.arms()}, detail)
+        return _paired_check(self, values, sign, held=lambda d: d > self.margin, not_held=lambda d: d <= 0)
+
+
+def _paired_check(check, values: dict[str, list[float]], sign: float, held, not_held) -> CheckResult:
+    """Verdict from the per-seed differences arm - baseline (signed so larger is better): held if every seed passes
+    ``held``, did not hold if every seed passes ``not_held``, inconclusive otherwise."""
+    diffs = [sign * (a - b) for a, b in zip(values[check.arm], values[check.baseline])]
+    if all(held(d) for d in diffs):
+        verdict = HELD
+    elif all(not_held(d) for d in diffs):
+        verdict = NOT_HELD
+    else:
+        verdict = INCONCLUSIVE
+    detail = (f"{check.arm} {_fmt(values[check.arm])} vs {check.baseline} {_fmt(values[check.baseline])}; "
+              f"paired differences (arm - baseline) {', '.join(f'{sign * d:+.3f}' for d in diffs)}")
+    return CheckResult(check.describe(), verdict, {k: values[k] for k in check.arms()}, detail)
 
 
 @dataclass
@@ -212,16 +218,7 @@ class NotWorse:
 
     def evaluate(self, values: dict[str, list[float]]) -> CheckResult:
         sign = 1.0 if self.higher else -1.0
-        diffs = [sign * (a - b) for a, b in zip(values[self.arm], values[self.baseline])]
-        if all(d >= -self.tol for d in diffs):
-            verdict = HELD
-        elif all(d < -self.tol for d in diffs):
-            verdict = NOT_HELD
-        else:
-            verdict = INCONCLUSIVE
-        detail = (f"{self.arm} {_fmt(values[self.arm])} vs {self.baseline} {_fmt(values[self.baseline])}; "
-                  f"paired differences (arm - baseline) {', '.join(f'{sign * d:+.3f}' for d in diffs)}")
-        return CheckResult(self.describe(), verdict, {k: values[k] for k in self.arms()}, detail)
+        return _paired_check(self, values, sign, held=lambda d: d >= -self.tol, not_held=lambda d: d < -self.tol)
 
 
 @dataclass

@@ -257,9 +257,11 @@ class HFEngine:
 
         # Rows that share a prompt (the n samples of a group) share its prefill: run each distinct prompt once, then
         # copy its KV cache and first logits to every row of it. Same values as prefilling every row.
-        distinct: dict[tuple[int, ...], int] = {}
-        row_source = [distinct.setdefault(tuple(ids), len(distinct)) for ids in row_prompts]
-        first_rows = torch.tensor([row_source.index(k) for k in range(len(distinct))], device=device)
+        distinct: dict[tuple[int, ...], int] = {}  # prompt -> its first row
+        row_source = [distinct.setdefault(tuple(ids), r) for r, ids in enumerate(row_prompts)]  # row -> first row
+        first_rows = torch.tensor(list(distinct.values()), device=device)
+        slot = {first: k for k, first in enumerate(distinct.values())}
+        row_source = [slot[first] for first in row_source]  # row -> index among the prefilled prompts
         share = self.share_prompt_prefill and len(distinct) < num_rows
         prefill_ids = prompt_ids[first_rows] if share else prompt_ids
         prefill_attention = prompt_attention[first_rows] if share else prompt_attention

@@ -111,24 +111,26 @@ class HFWindowEngine(HFEngine):
 
     def _assemble_windows(self, rows: list[CarriedRow], new_ids, new_lp, new_ent, finish_reasons) -> RolloutOutput:
         # Lay out prompt + earlier windows as the "prompt" part, then mark the earlier windows as generated.
-        groups = sorted({r.group for r in rows}, key=[r.group for r in rows].index)
+        first_of_group: dict[int, CarriedRow] = {}
+        for r in rows:
+            first_of_group.setdefault(r.group, r)
+        groups = list(first_of_group)  # in order of first appearance
         slot_of = {g: s for s, g in enumerate(groups)}
         contexts = [r.prompt_ids + r.generated_ids for r in rows]
         out = self._assemble(contexts, list(range(len(rows))), new_ids, new_lp, new_ent, finish_reasons)
-        width = out.input_ids.shape[1]
         generated_mask = out.response_mask.clone()
         context_end = max(len(c) for c in contexts)  # contexts are right-aligned at this column
         for i, r in enumerate(rows):
             if r.generated_ids:
                 generated_mask[i, context_end - len(r.generated_ids): context_end] = 1.0
-        payloads = [next(r.payload for r in rows if r.group == g) for g in groups]
+        payloads = [first_of_group[g].payload for g in groups]
         full_texts = self.tokenizer.batch_decode([r.generated_ids + new_ids[i] for i, r in enumerate(rows)],
                                                  skip_special_tokens=True)
         out.prompt_index = torch.tensor([slot_of[r.group] for r in rows], dtype=torch.long)
         out.payloads = payloads
         out.completions = full_texts  # rewards judge the whole response, not just this window
         out.num_tokens = [len(r.generated_ids) + len(new_ids[i]) for i, r in enumerate(rows)]
-        out.extras = {"generated_mask": generated_mask[:, :width]}
+        out.extras = {"generated_mask": generated_mask}
         return out
 
     def state_dict(self) -> dict[str, Any]:
