@@ -398,7 +398,7 @@ def _result(run: _Run, limits: SandboxLimits, duration_s: float) -> ExecResult:
             error = f"killed by signal {sig} ({_signal_name(sig)})"
     elif rc > 0:
         last = _last_line(stderr)
-        if last.startswith("MemoryError"):
+        if last.startswith("MemoryError") or "std::bad_alloc" in last:
             error = f"memory limit ({limits.memory_mb} MB): {last}"
         else:
             error = last or f"exit code {rc}"

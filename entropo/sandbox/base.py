@@ -19,7 +19,8 @@ class SandboxLimits:
     ``timeout_s`` is wall clock: the whole process group (and every process of the sandbox's uid, when it runs
     under one) is killed when it runs out. ``cpu_s`` is ``RLIMIT_CPU`` (SIGXCPU at ``cpu_s``, SIGKILL one second
     later). ``memory_mb`` is ``RLIMIT_AS`` (address space, so a large allocation fails with ``MemoryError`` instead
-    of being OOM-killed). ``file_size_mb`` is ``RLIMIT_FSIZE``. ``max_processes`` is ``RLIMIT_NPROC`` — Linux does
+    of being OOM-killed; libraries that reserve large virtual ranges need more than the default: ``import torch``
+    needs a few GB). ``file_size_mb`` is ``RLIMIT_FSIZE``. ``max_processes`` is ``RLIMIT_NPROC`` — Linux does
     not apply it to root, so as root it takes effect only under the privilege drop (see :mod:`entropo.sandbox`).
     ``output_bytes`` caps stdout and stderr each. ``network=True`` turns the network isolation off."""
 
