@@ -21,7 +21,7 @@ if a layer it was asked for fails. Which OS layers are available is probed once 
    which also catches processes that called ``setsid`` — and kills them until none is left. The same sweep runs
    when the code exits normally, so nothing it started in the background outlives the call. The result comes back
    within ``timeout_s`` plus a few tens of milliseconds. ``PR_SET_PDEATHSIG`` kills the sandbox if the training
-   process dies first.
+   process (more exactly: the thread that started the call) dies first; its work directory is then left behind.
 2. **Bounded output (parent).** stdout and stderr are read through pipes as they are written; each keeps at most
    ``output_bytes`` (head and tail, with a "[... N bytes truncated ...]" marker). Past 1 MiB (or 16 x the cap) of
    output the process is killed: a 100 MB print costs the parent nothing and ends in well under a second.
