@@ -28,7 +28,8 @@ if a layer it was asked for fails. Which OS layers are available is probed once 
 3. **Network namespace (OS).** As root the bootstrap calls ``unshare(CLONE_NEWNET)`` (``os.unshare`` on Python
    3.12+, libc through ctypes before); as an ordinary user ``unshare(CLONE_NEWUSER | CLONE_NEWNET)`` where
    unprivileged user namespaces are enabled. The namespace has only a loopback device that is down, so nothing,
-   not even ctypes or a C extension, reaches any network or the host's loopback services. Where neither works
+   not even ctypes or a C extension, reaches any network or the host's loopback services (a root process could
+   ``setns`` back, which is one more reason for layer 4). Where neither works
    (e.g. a seccomp profile forbids unshare) ``network_isolation`` is ``"python-guard"`` and only layer 6 stops
    network access. (The ``unshare -n`` program needs the same privileges as the system call, so it is no fallback.)
 4. **Privilege drop (OS, only when the parent is root).** The code runs under a unique, otherwise unused uid/gid
