@@ -15,6 +15,9 @@ import torch
 from torch import Tensor
 
 
+TENSOR_DICTS = ("extras", "reward_terms")  # fields holding {name: per-row tensor}, sliced with the rows
+
+
 @dataclass
 class Batch:
     input_ids: Tensor  # [B, L] long
@@ -30,6 +33,12 @@ class Batch:
     turn_ids: Tensor | None = None  # [B, L] long; turn index of each token in multi-turn rollouts
     old_entropy: Tensor | None = None  # [B, L] entropy of the policy before the update (detached)
     behaviour_logprobs: Tensor | None = None  # [B, L] log-probs recorded by the rollout engine while sampling
+    behaviour_entropy: Tensor | None = None  # [B, L] entropy of the sampling distribution at each generated token
+    finished: Tensor | None = None  # [B] bool; False for a response an engine continues in a later step
+    correct: Tensor | None = None  # [B] bool; the outcome verdict (environment's, else the task verifier's)
+    num_turns: Tensor | None = None  # [B] long; actions in the episode (1 for single-turn rows)
+    tool_calls: Tensor | None = None  # [B] long; actions the environment counted as tool calls
+    reward_terms: dict[str, Tensor] = field(default_factory=dict)  # {reward label: [B] unweighted value}
     extras: dict[str, Tensor] = field(default_factory=dict)  # method-specific per-row tensors [B, ...] (e.g. a
     # whole-batch token selection computed before the update); sliced with the rows like every other tensor
     info: dict[str, Any] = field(default_factory=dict)  # per-sample lists (task, answer, text, truncated, ...)
@@ -63,8 +72,8 @@ class Batch:
             v = getattr(self, f.name)
             if f.name == "info":
                 kw["info"] = {k: fn_list(x) for k, x in v.items()}
-            elif f.name == "extras":
-                kw["extras"] = {k: fn_tensor(x) for k, x in v.items()}
+            elif f.name in TENSOR_DICTS:
+                kw[f.name] = {k: fn_tensor(x) for k, x in v.items()}
             elif isinstance(v, Tensor):
                 kw[f.name] = fn_tensor(v)
             else:
@@ -105,8 +114,8 @@ class Batch:
             if f.name == "info":
                 keys = set().union(*[v.keys() for v in vals])
                 kw["info"] = {k: sum((list(v.get(k, [None] * b.size)) for v, b in zip(vals, batches)), []) for k in keys}
-            elif f.name == "extras":
-                kw["extras"] = {k: _cat_padded([v[k] for v in vals], width) for k in vals[0]}
+            elif f.name in TENSOR_DICTS:
+                kw[f.name] = {k: _cat_padded([v[k] for v in vals], width) for k in vals[0]}
             elif all(v is None for v in vals):
                 kw[f.name] = None
             elif any(v is None for v in vals):

@@ -101,6 +101,21 @@ class RolloutConfig(_Section):
         "until prompts_per_step groups are kept or this many rounds ran."
     )
     max_batch_size: int = Field(64, ge=1, description="Rows generated at once by the engine.")
+    max_turns: int | None = Field(
+        None, ge=1, description="Actions per episode; None uses the environment's own max_turns (1 for single-turn)."
+    )
+    max_episode_tokens: int | None = Field(
+        None, ge=1, description="Token budget of a whole episode after the prompt (actions and observations); an "
+        "episode that reaches it ends with finish reason 'budget'. None: only max_turns x max_new_tokens bound it."
+    )
+    max_observation_tokens: int | None = Field(
+        256, ge=1, description="Longest observation (environment reply) in tokens; longer ones are cut and counted "
+        "(episode/truncated_observations)."
+    )
+    strict_template: bool = Field(
+        False, description="Debug mode: raise when a multi-turn trajectory differs from the chat template's encoding "
+        "of the same conversation (always measured and logged as episode/template_mismatch_frac)."
+    )
     engine_params: dict[str, Any] = Field(
         default_factory=dict, description="Extra keyword arguments of the engine (e.g. tree-rollout fork settings)."
     )
@@ -207,6 +222,12 @@ class Recipe(_Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     warmup: WarmupConfig = Field(default_factory=WarmupConfig)
     task: TaskConfig = Field(default_factory=lambda: TaskConfig(name="arithmetic"))
+    environment: Component = Field(
+        default_factory=lambda: Component(name="single_turn"),
+        description="What the policy acts in (registry kind 'environment', or an import path 'pkg.mod:Class'): "
+        "'single_turn' (one completion per prompt), 'python_tool' (a sandboxed interpreter), 'tools' (typed Python "
+        "functions), or your own Environment subclass. Built fresh for every episode with these params.",
+    )
     sampler: Component = Field(
         default_factory=lambda: Component(name="uniform"),
         description="Which training prompts each step sees: 'uniform' (shuffled epochs) or a curriculum ('dump').",
@@ -278,6 +299,7 @@ _DATA_ARGS = {
     "controller": (),
     "engine": ("model", "tokenizer"),
     "sampler": ("task", "seed"),
+    "environment": (),
 }
 
 
@@ -286,6 +308,7 @@ def check_components(recipe: Recipe) -> None:
     c = _check_component
     c("task", recipe.task, "task", _DATA_ARGS["task"])
     c("sampler", recipe.sampler, "sampler", _DATA_ARGS["sampler"])
+    c("environment", recipe.environment, "environment", _DATA_ARGS["environment"])
     if recipe.warmup.task is not None:
         c("task", recipe.warmup.task, "warmup.task", _DATA_ARGS["task"])
     c("engine", Component(name=recipe.rollout.engine, params=recipe.rollout.engine_params), "rollout.engine",

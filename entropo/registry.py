@@ -20,6 +20,7 @@ KINDS = (
     "engine",
     "controller",
     "sampler",
+    "environment",
 )
 
 _REGISTRY: dict[str, dict[str, Any]] = {k: {} for k in KINDS}
@@ -55,6 +56,7 @@ def register(kind: str, name: str, **meta: Any) -> Callable[[Any], Any]:
 def _load_builtins() -> None:
     # Importing the component modules registers them; done lazily so `import entropo.registry` stays light.
     import entropo.algorithms  # noqa: F401
+    import entropo.envs  # noqa: F401
     import entropo.rewards  # noqa: F401
     import entropo.rollout  # noqa: F401
     import entropo.samplers  # noqa: F401

@@ -3,6 +3,11 @@
 A randomly initialised model earns zero reward on every task, so group-relative RL has nothing to learn from; a few
 seconds of SFT on the task's ``Example.target`` gives the tiny demo model a policy that is right some of the time,
 and RL takes it from there. Prompts are tokenized exactly as the rollout engine tokenizes them.
+
+In a multi-turn environment with a ``demonstration(example)`` method (e.g. ``python_tool``), the warm-up trains on
+that worked episode instead: its ids are built exactly as the episode rollout builds a trajectory (prompt, each
+assistant turn's ids plus the end-of-turn token the policy samples, then the template's reply ids), and only the
+assistant turns carry loss.
 """
 
 from __future__ import annotations
@@ -14,9 +19,33 @@ import torch
 from entropo import ops
 
 
-def _sft_batch(engine, tokenizer, examples, device):
+def demonstration_ids(chat, first_observation, messages, role: str, eos_id: int) -> tuple[list[int], list[float]]:
+    """(ids, loss mask) of a worked episode laid out as the episode rollout lays out a sampled one."""
+    templated = chat.uses_template(first_observation)
+    ids = chat.prompt_ids(first_observation)
+    mask = [0.0] * len(ids)
+    end_of_turn = chat.close_ids[0] if templated and chat.close_ids else eos_id
+    for message in messages:
+        if message["role"] == "assistant":
+            action = chat._encode(message["content"]) + [end_of_turn]
+            ids, mask = ids + action, mask + [1.0] * len(action)
+        else:
+            reply = chat.reply_ids(ids[-1:], message, templated, role)
+            ids, mask = ids + reply, mask + [0.0] * len(reply)
+    return ids, mask
+
+
+def _sft_batch(engine, tokenizer, examples, device, environment=None):
     rows, masks = [], []
     for ex in examples:
+        env = environment() if environment is not None else None
+        demo = env.demonstration(ex) if env is not None and hasattr(env, "demonstration") else None
+        if demo is not None:
+            first = env.reset(ex, 0)
+            ids, mask = demonstration_ids(engine.chat, first, demo, env.observation_role, tokenizer.eos_token_id)
+            rows.append(ids)
+            masks.append(mask)
+            continue
         if ex.target is None:
             raise ValueError(f"warm-up needs Example.target (a gold completion); task example {ex.prompt!r} has none")
         p = engine.encode_prompt(ex.prompt)
@@ -32,7 +61,7 @@ def _sft_batch(engine, tokenizer, examples, device):
     return input_ids, attention, target_mask
 
 
-def warmup(model, tokenizer, engine, task, cfg, seed: int) -> dict[str, float]:
+def warmup(model, tokenizer, engine, task, cfg, seed: int, environment=None) -> dict[str, float]:
     """``cfg.steps`` AdamW steps of next-token cross-entropy on gold completions; returns final loss and time."""
     t0 = time.perf_counter()
     device = next(model.parameters()).device
@@ -43,7 +72,7 @@ def warmup(model, tokenizer, engine, task, cfg, seed: int) -> dict[str, float]:
     for _ in range(cfg.steps):
         idx = torch.randint(task.train_size(), (cfg.batch_size,), generator=gen).tolist()
         input_ids, attention, target_mask = _sft_batch(engine, tokenizer, [task.train_example(i) for i in idx],
-                                                       device)
+                                                       device, environment)
         logprobs, _ = ops.token_logprobs_and_entropy(model, input_ids, attention, compute_mask=target_mask,
                                                      with_entropy=False)
         loss = -(logprobs * target_mask).sum() / target_mask.sum()

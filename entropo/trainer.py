@@ -1,17 +1,21 @@
-"""The RL loop: recipe -> rollouts -> rewards -> advantages -> update -> diagnostics/log/checkpoint.
+"""The RL loop, as phases: setup -> per step (rollout -> score -> advantages -> update -> log/eval/checkpoint).
 
-Read ``train()`` top to bottom: every method-specific piece is a registered component looked up by the recipe
-(entropo.registry), so this file never branches on a method name. One RL step:
+``train()`` reads top to bottom on one screen; each phase is a short named function over a ``Run`` (everything built
+once at setup). Every method-specific piece is a registered component looked up by the recipe (entropo.registry), so
+this file never branches on a method name. One RL step:
 
-  1. sample prompts (sampler: uniform or a curriculum), generate n completions each (rollout engine), score them (rewards), keep groups that pass the
-     selection filters, refilling from new prompts up to ``rollout.max_tries`` rounds;
-  2. score the kept tokens with the current policy (old log-probs, entropy) and the reference model if a component
-     needs it;
-  3. reward-stage shaping, advantage estimator, advantage-stage shaping, then each objective/regularizer's
-     whole-batch ``prepare`` hook (batch-level token selection; see entropo/components.py);
-  4. ``ppo_epochs`` x ``mini_batches`` optimizer steps, each accumulating gradients over micro-batches with the
-     aggregation's denominators taken over the whole mini-batch (so accumulation equals one big batch);
-  5. diagnostics, metrics.jsonl/TensorBoard, controllers, checkpoint, periodic held-out eval.
+  1. ``rollout_phase``: the sampler picks prompts; the engine plays ``n`` episodes of each in the recipe's
+     environment (a single-turn task is a one-turn episode: the same path); rewards score the outcomes; selection
+     filters keep groups, refilling from new prompts up to ``rollout.max_tries`` rounds;
+  2. ``score_phase``: old log-probs/entropy of the policy before the update (reused from the engine where exact), and
+     reference log-probs when a component needs them;
+  3. ``advantage_phase``: reward-stage shaping, the advantage estimator, advantage-stage shaping, then each
+     objective/regularizer's whole-batch ``prepare`` hook (batch-level token selection; entropo/components.py);
+  4. ``update_phase``: ``ppo_epochs`` x ``mini_batches`` optimizer steps, each accumulating gradients over
+     micro-batches with the aggregation's denominators taken over the whole mini-batch (accumulation = one big batch);
+     then the engine's ``after_update`` hook (an out-of-process engine syncs weights there);
+  5. ``finish_step``: diagnostics, controllers, periodic held-out eval, metrics.jsonl/TensorBoard, checkpoint.
+See docs/architecture.md for the data flow.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from entropo import checkpoint as ckpt
 from entropo import diagnostics as diag
@@ -36,7 +41,9 @@ from entropo.logging import MetricsLogger, Progress
 from entropo.components import Bound, StepContext, merged_token_fns
 from entropo.rewards.runner import RewardRunner
 from entropo.samplers import PromptSampler  # noqa: F401  (re-exported: the default sampler)
-from entropo.types import Example, RolloutOutput, Sample, TokenContext
+from entropo.envs.base import EnvFactory
+from entropo.rollout.episodes import EpisodeLimits
+from entropo.types import EpisodeInfo, Example, RolloutOutput, Sample, TokenContext
 
 
 # ---- small pieces the loop uses ------------------------------------------------------------------------------------
@@ -154,9 +161,11 @@ def score_tokens(model, batch: Batch, *, temperature: float, micro_batch_size: i
 
 def build_batch(rollout: RolloutOutput, examples: list[Example], samples: list[Sample], rewards: list[float],
                 correct: list[bool], first_group_id: int, device: torch.device,
-                behaviour_temperature: float | None = None) -> Batch:
+                behaviour_temperature: float | None = None,
+                reward_terms: dict[str, list[float]] | None = None) -> Batch:
     """Turn engine output + rewards into a Batch; rows of prompt slot p share group id first_group_id + p."""
     idx = rollout.prompt_index.tolist()
+    episodes = rollout.episodes or [EpisodeInfo(num_turns=1) for _ in idx]
     return Batch(
         input_ids=rollout.input_ids.to(device),
         attention_mask=rollout.attention_mask.to(device),
@@ -164,12 +173,18 @@ def build_batch(rollout: RolloutOutput, examples: list[Example], samples: list[S
         rewards=torch.tensor(rewards, dtype=torch.float32, device=device),
         group_ids=(rollout.prompt_index + first_group_id).long().to(device),
         behaviour_logprobs=rollout.behaviour_logprobs.float().to(device),
-        extras={"behaviour_entropy": rollout.behaviour_entropy.float().to(device),
-                **{k: v.to(device) for k, v in rollout.extras.items()}},
+        behaviour_entropy=rollout.behaviour_entropy.float().to(device),
+        token_rewards=rollout.token_rewards.float().to(device) if rollout.token_rewards is not None else None,
+        turn_ids=(rollout.turn_ids if rollout.turn_ids is not None else single_turn_ids(rollout.response_mask)).to(device),
+        finished=torch.tensor(rollout.finished, dtype=torch.bool, device=device),
+        correct=torch.tensor(correct, dtype=torch.bool, device=device),
+        num_turns=torch.tensor([e.num_turns for e in episodes], dtype=torch.long, device=device),
+        tool_calls=torch.tensor([e.tool_calls for e in episodes], dtype=torch.long, device=device),
+        reward_terms={k: torch.tensor(v, dtype=torch.float32, device=device) for k, v in (reward_terms or {}).items()},
+        extras={k: v.to(device) for k, v in rollout.extras.items()},
         info={
             "completion": list(rollout.completions),
             "answer": [examples[i].answer for i in idx],
-            "correct": list(correct),
             "finish_reason": list(rollout.finish_reasons),
             "num_tokens": list(rollout.num_tokens),
             "sample": list(samples),
@@ -177,6 +192,11 @@ def build_batch(rollout: RolloutOutput, examples: list[Example], samples: list[S
             "behaviour_temperature": [behaviour_temperature] * len(samples),
         },
     )
+
+
+def single_turn_ids(response_mask: Tensor) -> Tensor:
+    """Turn ids of rows that are one turn each: 0 on the response, -1 elsewhere."""
+    return torch.where(response_mask > 0, 0, -1).long()
 
 
 def assign_advantages(advantage: Bound, batch: Batch, step_ctx: StepContext) -> dict[str, float]:
@@ -267,24 +287,51 @@ def policy_update(model, optimizer, scheduler, batch: Batch, recipe: Recipe, obj
     return out
 
 
-def evaluate(engine, task, examples: list[Example], recipe: Recipe, seed: int) -> dict[str, float]:
-    """pass@k on held-out prompts (greedy pass@1 when eval.temperature == 0)."""
+def episode_limits(recipe: Recipe) -> EpisodeLimits:
+    ro = recipe.rollout
+    return EpisodeLimits(max_turns=ro.max_turns, max_new_tokens=ro.max_new_tokens,
+                         max_episode_tokens=ro.max_episode_tokens, max_observation_tokens=ro.max_observation_tokens,
+                         strict_template=ro.strict_template)
+
+
+def make_environment(recipe: Recipe) -> EnvFactory:
+    spec = recipe.environment
+    return EnvFactory(registry.get("environment", spec.name), dict(spec.params))
+
+
+def outcome_correct(task, rollout: RolloutOutput, examples: list[Example]) -> list[bool]:
+    """Per row: the environment's verdict when it gave one, else the task verifier on the final action."""
+    out = []
+    for r, (p, text) in enumerate(zip(rollout.prompt_index.tolist(), rollout.completions)):
+        verdict = rollout.episodes[r].env_correct if rollout.episodes else None
+        if verdict is None:
+            try:
+                verdict = bool(task.correct(text, examples[p]))
+            except Exception:  # a broken verifier marks the sample wrong, never kills the eval
+                verdict = False
+        out.append(bool(verdict))
+    return out
+
+
+def evaluate(engine, task, examples: list[Example], recipe: Recipe, seed: int,
+             environment: EnvFactory | None = None) -> dict[str, float]:
+    """pass@k on held-out prompts (greedy pass@1 when eval.temperature == 0), episodes played as in training."""
     ev, ro = recipe.eval, recipe.rollout
+    environment = environment or make_environment(recipe)
     n = ev.n if ev.temperature > 0 else 1
     gen = torch.Generator(device=next(engine.model.parameters()).device).manual_seed(seed)
-    out = engine.generate([e.prompt for e in examples], n, temperature=ev.temperature, top_p=ro.top_p,
-                          max_new_tokens=ro.max_new_tokens, stop=ro.stop, generator=gen)
-    correct = [False] * len(out.completions)
-    for r, (p, text) in enumerate(zip(out.prompt_index.tolist(), out.completions)):
-        try:
-            correct[r] = bool(task.correct(text, examples[p]))
-        except Exception:  # a broken verifier marks the sample wrong, never kills the eval
-            correct[r] = False
+    out = engine.generate(list(examples), n, temperature=ev.temperature, top_p=ro.top_p,
+                          max_new_tokens=ro.max_new_tokens, stop=ro.stop, generator=gen, environment=environment,
+                          env_seed=seed * 1_000_003, limits=episode_limits(recipe))
+    correct = outcome_correct(task, out, list(examples))
     per_prompt = np.array(correct, dtype=float).reshape(len(examples), n)
     res = {}
     for k in ev.k if ev.temperature > 0 else [1]:
         res[f"pass@{k}"] = float(np.mean([diag.pass_at_k(n, int(c), k) for c in per_prompt.sum(1)]))
     res["accuracy"] = float(per_prompt.mean())
+    if not environment.single_turn:
+        res["turns_mean"] = float(np.mean([e.num_turns for e in out.episodes]))
+        res["tool_calls_mean"] = float(np.mean([e.tool_calls for e in out.episodes]))
     return res
 
 
@@ -305,42 +352,127 @@ def run_dir_for(recipe: Recipe, run_dir: str | Path | None = None) -> Path:
 
 
 def rollout_batch(engine, task, rewards: RewardRunner, recipe: Recipe, examples: list[Example], n: int,
-                  temperature: float, generator: torch.Generator, first_group_id: int, device: torch.device
-                  ) -> tuple[Batch, dict[str, float]]:
-    """Generate n completions per example, score them, and return the Batch plus timing/token counts.
+                  temperature: float, generator: torch.Generator, first_group_id: int, device: torch.device,
+                  environment: EnvFactory | None = None, env_seed: int = 0) -> tuple[Batch, dict[str, Any]]:
+    """Play n episodes per example, score them, and return the Batch plus timing/token counts.
 
     ``stats["groups"]`` is the number of group ids used (the engine may add slots for rows it carried over).
-    Unfinished rows (finish reason ``"partial"``, from engines that continue responses in later steps) have no
-    outcome yet: reward 0, not correct, and the reward functions never see them.
+    Unfinished rows (from engines that continue responses in later steps) have no outcome yet: reward 0, not
+    correct, and the reward functions never see them. ``stats["episodes"]`` holds the rows' ``EpisodeInfo``.
     """
     t0 = time.perf_counter()
     rollout = engine.rollout(examples, n, temperature=temperature, top_p=recipe.rollout.top_p,
                              max_new_tokens=recipe.rollout.max_new_tokens, stop=recipe.rollout.stop,
-                             generator=generator)
+                             generator=generator, environment=environment or make_environment(recipe),
+                             env_seed=env_seed, limits=episode_limits(recipe))
     t_rollout = time.perf_counter() - t0
     t0 = time.perf_counter()
     slots = rollout.payloads if rollout.payloads is not None else list(examples)
+    episodes = rollout.episodes or [None] * len(rollout.completions)
+    transcripts = rollout.transcripts or list(rollout.completions)
     samples = [Sample(completion=c, example=slots[p], task=task, num_tokens=nt,
-                      max_tokens=recipe.rollout.max_new_tokens, truncated=(fr == "length"))
-               for c, p, nt, fr in zip(rollout.completions, rollout.prompt_index.tolist(), rollout.num_tokens,
-                                       rollout.finish_reasons)]
-    finished = [r for r, fr in enumerate(rollout.finish_reasons) if fr != "partial"]
+                      max_tokens=recipe.rollout.max_new_tokens, truncated=fr in ("length", "budget"),
+                      episode=ep, transcript=tx)
+               for c, p, nt, fr, ep, tx in zip(rollout.completions, rollout.prompt_index.tolist(), rollout.num_tokens,
+                                               rollout.finish_reasons, episodes, transcripts)]
+    finished = [r for r, done in enumerate(rollout.finished) if done]
     scored = rewards.score([samples[r] for r in finished])
     reward_list, correct = [0.0] * len(samples), [False] * len(samples)
-    for r, value, ok in zip(finished, scored.rewards, scored.correct):
-        reward_list[r], correct[r] = value, ok
+    terms = {k: [0.0] * len(samples) for k in scored.components}
+    for j, (r, value, ok) in enumerate(zip(finished, scored.rewards, scored.correct)):
+        verdict = episodes[r].env_correct if episodes[r] is not None else None
+        reward_list[r], correct[r] = value, ok if verdict is None else verdict
+        for k, values in scored.components.items():
+            terms[k][r] = values[j]
     t_reward = time.perf_counter() - t0
     exact = recipe.rollout.top_p == 1.0 and getattr(engine, "records_policy_logprobs", False)
     batch = build_batch(rollout, slots, samples, reward_list, correct, first_group_id, device,
-                        behaviour_temperature=temperature if exact else None)
+                        behaviour_temperature=temperature if exact else None, reward_terms=terms)
     stats = {"rollout_s": t_rollout, "reward_s": t_reward, "tokens": float(rollout.response_mask.sum()),
-             "failures": float(sum(f is not None for f in scored.failures)), "groups": len(slots)}
+             "failures": float(sum(f is not None for f in scored.failures)), "groups": len(slots),
+             "episodes": [e for e in episodes if e is not None]}
     return batch, stats
+
+
+@dataclass
+class Run:
+    """Everything ``setup`` builds once: what the phases of every step read and update."""
+
+    recipe: Recipe
+    out_dir: Path
+    device: torch.device
+    model: Any
+    tokenizer: Any
+    task: Any
+    eval_examples: list[Example]
+    engine: Any
+    environment: EnvFactory
+    rewards: RewardRunner
+    advantage: Bound
+    objective: Bound
+    shapers: list[Bound]
+    selectors: list[Bound]
+    regs: list[Regularizer]
+    components: list[Bound]
+    sampler: Any
+    rollout_gen: torch.Generator
+    update_gen: torch.Generator
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    state: RunState
+    logger: MetricsLogger
+    ref_model: Any = None
+    old_token_fns: dict[str, Callable] = field(default_factory=dict)
+
+    def sample(self, examples: list[Example], n: int, temperature: float) -> tuple[Batch, dict[str, Any]]:
+        """Play and score n episodes per example as the loop does (group ids continue the run's numbering)."""
+        env_seed = self.recipe.seed * 1_000_000_007 + self.state.next_group_id * n
+        batch, stats = rollout_batch(self.engine, self.task, self.rewards, self.recipe, examples, n, temperature,
+                                     self.rollout_gen, self.state.next_group_id, self.device,
+                                     environment=self.environment, env_seed=env_seed)
+        self.state.next_group_id += stats.pop("groups")
+        return batch, stats
+
+    def step_ctx(self, step: int) -> StepContext:
+        return StepContext(model=self.model, tokenizer=self.tokenizer, engine=self.engine, task=self.task,
+                           rewards=self.rewards, recipe=self.recipe, step=step, rollout_generator=self.rollout_gen,
+                           device=self.device, sample=self.sample, score=lambda batch: score_phase(self, batch))
 
 
 def train(recipe: Recipe, *, run_dir: str | Path | None = None, resume: bool = False,
           stop_after: int | None = None, console: Callable[[str], None] = print) -> dict[str, Any]:
     """Run a recipe end to end. ``stop_after`` ends the process-local loop early (to test resume)."""
+    run = setup(recipe, run_dir, resume, console)
+    progress = Progress(run.recipe.train.steps, run.state.step, enabled=run.recipe.logging.progress)
+    start_step = run.state.step
+    for step in range(start_step, run.recipe.train.steps):
+        if stop_after is not None and step >= start_step + stop_after:
+            break
+        t_step = time.perf_counter()
+        run.model.eval()  # no dropout while sampling and scoring
+        ctx = run.step_ctx(step)
+        batch, metrics = rollout_phase(run, ctx)
+        if batch is not None:
+            metrics["time/score_s"] = timed(score_phase, run, batch)
+            metrics.update(advantage_phase(run, batch, ctx))
+            metrics.update(update_phase(run, batch))
+            metrics.update(batch_diagnostics(run, batch))
+        finish_step(run, step, metrics, t_step)
+        progress.update(step, metrics)
+    progress.close()
+    return finish_run(run)
+
+
+def timed(fn: Callable[..., Any], *args: Any) -> float:
+    t0 = time.perf_counter()
+    fn(*args)
+    return time.perf_counter() - t0
+
+
+# ---- phase 0: set-up ------------------------------------------------------------------------------------------------
+
+def setup(recipe: Recipe, run_dir: str | Path | None, resume: bool, console: Callable[[str], None]) -> Run:
+    """Build (or restore from the latest checkpoint) everything the loop needs."""
     check_components(recipe)
     out_dir = run_dir_for(recipe, run_dir)
     latest = ckpt.latest(out_dir) if resume else None
@@ -352,9 +484,62 @@ def train(recipe: Recipe, *, run_dir: str | Path | None = None, resume: bool = F
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "recipe.yaml").write_text(dump_recipe(recipe))
 
-    # ---- set-up: model, task, engine, rewards, components, optimizer, state ----
     seed_everything(recipe.seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model, tokenizer = load_model(recipe, device)
+    task = make_task(recipe.task, recipe.seed, recipe.task.eval_size, "task")
+    engine = registry.get("engine", recipe.rollout.engine)(model, tokenizer, chat_template=recipe.rollout.chat_template,
+                                                           max_batch_size=recipe.rollout.max_batch_size,
+                                                           **recipe.rollout.engine_params)
+    if recipe.train.micro_batch_size == "auto":
+        recipe = resolve_auto_micro_batch(recipe, model, engine, task)
+        console(f"train.micro_batch_size=auto -> {recipe.train.micro_batch_size} rows "
+                f"(activation budget {recipe.train.activation_memory_mb:.0f} MB)")
+    advantage = Bound("advantage", recipe.advantage.name, recipe.advantage.params)
+    objective = Bound("objective", recipe.objective.name, recipe.objective.params)
+    shapers = [Bound("shaping", c.name, c.params) for c in recipe.shaping]
+    regs = [Regularizer(Bound("regularizer", r.name, r.params), r.coef,
+                        registry.get("controller", r.controller.name)(**r.controller.params) if r.controller else None)
+            for r in recipe.regularizers]
+    selectors = [Bound("selection", c.name, c.params) for c in recipe.selection]
+    components = [advantage, objective, *shapers, *selectors, *(r.component for r in regs)]
+    optimizer = make_optimizer(model, recipe.optimizer)
+    total_opt_steps = recipe.train.steps * recipe.train.ppo_epochs * recipe.train.mini_batches
+    run = Run(
+        recipe=recipe, out_dir=out_dir, device=device, model=model, tokenizer=tokenizer, task=task,
+        eval_examples=task.eval_examples()[: recipe.eval.max_prompts], engine=engine,
+        environment=make_environment(recipe),
+        rewards=RewardRunner([r.model_dump() for r in recipe.rewards], timeout_s=recipe.reward_timeout_s),
+        advantage=advantage, objective=objective, shapers=shapers, selectors=selectors, regs=regs,
+        components=components, sampler=registry.get("sampler", recipe.sampler.name)(task, recipe.seed,
+                                                                                    **recipe.sampler.params),
+        rollout_gen=torch.Generator(device=device).manual_seed(recipe.seed + 1),  # on the sampling device
+        update_gen=torch.Generator().manual_seed(recipe.seed + 2), optimizer=optimizer,
+        scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(recipe.optimizer, total_opt_steps)),
+        state=RunState(),
+        logger=MetricsLogger(out_dir, tensorboard=recipe.logging.tensorboard, wandb=recipe.logging.wandb,
+                             mlflow=recipe.logging.mlflow, run_name=out_dir.name,
+                             config=recipe.model_dump(mode="json")),
+        old_token_fns=merged_token_fns(components, "old_token_fns"),
+    )
+    if latest is not None:
+        restore_checkpoint(run, latest)
+        console(f"resumed from {latest} (step {run.state.step})")
+    else:
+        if recipe.warmup.steps > 0:
+            from entropo.sft import warmup
+
+            warm_task = task if recipe.warmup.task is None else make_task(recipe.warmup.task, recipe.seed,
+                                                                          recipe.task.eval_size, "warmup.task")
+            info = warmup(model, tokenizer, engine, warm_task, recipe.warmup, seed=recipe.seed,
+                          environment=run.environment)
+            console(f"SFT warm-up: {recipe.warmup.steps} steps, final loss {info['loss']:.3f}, {info['time']:.1f} s")
+        run.state.eval_start = evaluate(engine, task, run.eval_examples, recipe, recipe.seed + 3, run.environment)
+    run.ref_model = load_reference_model(run, fresh=latest is None)
+    return run
+
+
+def load_model(recipe: Recipe, device: torch.device):
     try:
         model, tokenizer = models.load(recipe.model.name_or_path, dtype=recipe.model.dtype,
                                        gguf_file=recipe.model.gguf_file, tiny_kwargs=recipe.model.tiny)
@@ -369,230 +554,206 @@ def train(recipe: Recipe, *, run_dir: str | Path | None = None, resume: bool = F
                               f"set it to false")
         # only active in train mode, i.e. in the update; sampling and scoring are unaffected
         enable_activation_checkpointing(model)
-    task = make_task(recipe.task, recipe.seed, recipe.task.eval_size, "task")
-    eval_examples = task.eval_examples()[: recipe.eval.max_prompts]
-    engine = registry.get("engine", recipe.rollout.engine)(model, tokenizer, chat_template=recipe.rollout.chat_template,
-                                                           max_batch_size=recipe.rollout.max_batch_size,
-                                                           **recipe.rollout.engine_params)
-    if recipe.train.micro_batch_size == "auto":
-        recipe = resolve_auto_micro_batch(recipe, model, engine, task)
-        console(f"train.micro_batch_size=auto -> {recipe.train.micro_batch_size} rows "
-                f"(activation budget {recipe.train.activation_memory_mb:.0f} MB)")
-    rewards = RewardRunner([r.model_dump() for r in recipe.rewards], timeout_s=recipe.reward_timeout_s)
-    advantage = Bound("advantage", recipe.advantage.name, recipe.advantage.params)
-    objective = Bound("objective", recipe.objective.name, recipe.objective.params)
-    shapers = [Bound("shaping", c.name, c.params) for c in recipe.shaping]
-    selectors = [Bound("selection", c.name, c.params) for c in recipe.selection]
-    regs = [Regularizer(Bound("regularizer", r.name, r.params), r.coef,
-                        registry.get("controller", r.controller.name)(**r.controller.params) if r.controller else None)
-            for r in recipe.regularizers]
-    components = [advantage, objective, *shapers, *selectors, *(r.component for r in regs)]
-    sampler = registry.get("sampler", recipe.sampler.name)(task, recipe.seed, **recipe.sampler.params)
-    rollout_gen = torch.Generator(device=device).manual_seed(recipe.seed + 1)  # on the sampling device
-    update_gen = torch.Generator().manual_seed(recipe.seed + 2)
-    total_opt_steps = recipe.train.steps * recipe.train.ppo_epochs * recipe.train.mini_batches
-    optimizer = make_optimizer(model, recipe.optimizer)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(recipe.optimizer, total_opt_steps))
-    state = RunState()
-    logger = MetricsLogger(out_dir, tensorboard=recipe.logging.tensorboard, wandb=recipe.logging.wandb,
-                           mlflow=recipe.logging.mlflow, run_name=out_dir.name, config=recipe.model_dump(mode="json"))
+    return model, tokenizer
 
-    if latest is not None:
-        saved = ckpt.load(latest)
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
-        sampler.load_state_dict(saved["sampler"])
-        rollout_gen.set_state(saved["rollout_gen"])
-        update_gen.set_state(saved["update_gen"])
-        for reg, c_state in zip(regs, saved["controllers"]):
-            if reg.controller is not None:
-                reg.controller.load_state_dict(c_state)
-        for comp, c_state in zip(components, saved["components"]):
-            comp.load_state_dict(c_state)
-        engine.load_state_dict(saved.get("engine", {}))
-        state = RunState(**saved["run_state"])
-        ckpt.set_rng_state(saved["rng"])
-        logger.truncate_after(state.step - 1)
-        console(f"resumed from {latest} (step {state.step})")
+
+def load_reference_model(run: Run, fresh: bool):
+    """The frozen reference policy when a component needs one: ``model.reference``, or the policy at RL start
+    (after any warm-up), kept on disk beside the run for resumes."""
+    recipe = run.recipe
+    if not recipe.needs_reference():
+        return None
+    if recipe.model.reference is not None:
+        return models.load_reference(recipe.model.reference, dtype=recipe.model.dtype, device=run.device)
+    ref_path = run.out_dir / "reference.pt"
+    ref_model = models.load_reference(run.model, dtype=recipe.model.dtype, device=run.device)
+    if fresh:
+        ckpt.atomic_torch_save(ref_path, run.model.state_dict())
     else:
-        if recipe.warmup.steps > 0:
-            from entropo.sft import warmup
+        ref_model.load_state_dict(torch.load(ref_path, map_location="cpu", weights_only=True))
+    return ref_model
 
-            warm_task = task if recipe.warmup.task is None else make_task(recipe.warmup.task, recipe.seed,
-                                                                          recipe.task.eval_size, "warmup.task")
-            info = warmup(model, tokenizer, engine, warm_task, recipe.warmup, seed=recipe.seed)
-            console(f"SFT warm-up: {recipe.warmup.steps} steps, final loss {info['loss']:.3f}, {info['time']:.1f} s")
-        state.eval_start = evaluate(engine, task, eval_examples, recipe, recipe.seed + 3)
 
-    ref_model = None
-    if recipe.needs_reference():
-        ref_path = out_dir / "reference.pt"
-        if recipe.model.reference is not None:
-            ref_model = models.load_reference(recipe.model.reference, dtype=recipe.model.dtype, device=device)
-        else:  # a frozen copy of the policy at RL start (after any warm-up), kept on disk for resumes
-            ref_model = models.load_reference(model, dtype=recipe.model.dtype, device=device)
-            if latest is None:
-                ckpt.atomic_torch_save(ref_path, model.state_dict())
-            else:
-                ref_model.load_state_dict(torch.load(ref_path, map_location="cpu", weights_only=True))
+# ---- phase 1: rollout ------------------------------------------------------------------------------------------------
 
-    def sample(examples: list[Example], n: int, temperature: float) -> tuple[Batch, dict[str, float]]:
-        batch, stats = rollout_batch(engine, task, rewards, recipe, examples, n, temperature, rollout_gen,
-                                     state.next_group_id, device)
-        state.next_group_id += stats.pop("groups")
-        return batch, stats
+def rollout_phase(run: Run, ctx: StepContext) -> tuple[Batch | None, dict[str, Any]]:
+    """Episodes, rewards and selection, refilling from new prompts up to ``rollout.max_tries`` rounds.
+    Returns the kept rows as one Batch (None when nothing was kept) and the step's outcome metrics."""
+    ro = run.recipe.rollout
+    kept: list[Batch] = []
+    generated: list[Batch] = []
+    episodes: list[EpisodeInfo] = []
+    totals = {"rollout_s": 0.0, "reward_s": 0.0, "tokens": 0.0, "failures": 0.0}
+    kept_groups, tries = 0, 0
+    while kept_groups < ro.prompts_per_step and tries < ro.max_tries:
+        tries += 1
+        examples = [run.task.train_example(i) for i in run.sampler.next(ro.prompts_per_step - kept_groups)]
+        batch, stats = run.sample(examples, ro.n, ro.temperature)
+        episodes += stats.pop("episodes")
+        totals = {k: totals[k] + stats[k] for k in totals}
+        generated.append(batch)
+        keep = torch.ones(batch.size, dtype=torch.bool, device=run.device)
+        for select in run.selectors:
+            keep &= select(batch, step_ctx=ctx).to(run.device)
+        if keep.any():
+            kept.append(batch.select(keep.nonzero().squeeze(-1).cpu()))
+            kept_groups += int(torch.unique(batch.group_ids[keep]).numel())
+    metrics = outcome_metrics(generated, kept, tries, totals)
+    metrics.update(episode_metrics(episodes))
+    return (Batch.concat(kept) if kept else None), metrics
 
+
+def outcome_metrics(generated: list[Batch], kept: list[Batch], tries: int, totals: dict[str, float]) -> dict[str, Any]:
+    """Reward/accuracy over finished responses (unfinished rows have no outcome yet), selection and length stats."""
+    rewards = torch.cat([b.rewards for b in generated])
+    finished = torch.cat([b.finished for b in generated])
+    correct = torch.cat([b.correct for b in generated])[finished]
+    finish = sum((b.info["finish_reason"] for b in generated), [])
+    done_rewards = rewards[finished]
+    return {
+        "reward/mean": float(done_rewards.mean()) if done_rewards.numel() else float("nan"),
+        "reward/std": float(done_rewards.std()) if done_rewards.numel() > 1 else 0.0,
+        "accuracy": float(correct.float().mean()) if correct.numel() else float("nan"),
+        "response/partial_frac": 1.0 - float(finished.float().mean()),
+        "reward/failures": int(totals["failures"]),
+        "selection/zero_variance_group_frac": diag.zero_variance_group_fraction(
+            rewards, torch.cat([b.group_ids for b in generated])),
+        "selection/dropped_frac": 1.0 - sum(b.size for b in kept) / rewards.numel(),
+        "selection/rounds": tries,
+        "response/length_mean": float(torch.cat([b.response_lengths for b in kept]).mean()) if kept else 0.0,
+        "response/truncated_frac": float(np.mean([f in ("length", "budget") for f in finish])),
+        "time/rollout_s": totals["rollout_s"], "time/reward_s": totals["reward_s"],
+        "tokens_per_s": totals["tokens"] / max(totals["rollout_s"], 1e-9),
+    }
+
+
+def episode_metrics(episodes: list[EpisodeInfo]) -> dict[str, float]:
+    """Turns, tool calls and token-exactness of the step's episodes (all rows, before selection)."""
+    if not episodes:
+        return {}
+    return {
+        "episode/turns_mean": float(np.mean([e.num_turns for e in episodes])),
+        "episode/tool_calls_mean": float(np.mean([e.tool_calls for e in episodes])),
+        "episode/template_mismatch_frac": float(np.mean([e.template_mismatch > 0 for e in episodes])),
+        "episode/env_errors": float(sum(e.env_error is not None for e in episodes)),
+        "episode/truncated_observations": float(sum(e.truncated_observations for e in episodes)),
+    }
+
+
+# ---- phase 2: score --------------------------------------------------------------------------------------------------
+
+def score_phase(run: Run, batch: Batch) -> None:
+    """The pre-update pass: policy log-probs/entropy, old_token_fns outputs, reference log-probs."""
+    recipe = run.recipe
     score_kw = dict(temperature=recipe.rollout.temperature, micro_batch_size=recipe.train.micro_batch_size,
                     chunk_size=recipe.train.logprob_chunk_size)
-    old_token_fns = merged_token_fns(components, "old_token_fns")
+    exact = [t == recipe.rollout.temperature for t in batch.info.get("behaviour_temperature", [None])]
+    if recipe.train.old_logprobs != "recompute" and all(exact) and not run.old_token_fns:
+        # the engine sampled from these very weights at this temperature: its records are the old policy
+        batch.old_logprobs = batch.behaviour_logprobs.clone()
+        batch.old_entropy = batch.behaviour_entropy.clone()
+    else:
+        batch.old_logprobs, batch.old_entropy, old_extras = score_tokens(run.model, batch,
+                                                                         token_fns=run.old_token_fns, **score_kw)
+        batch.extras.update(old_extras)
+    if run.ref_model is not None:
+        batch.ref_logprobs, _, _ = score_tokens(run.ref_model, batch, **score_kw)
 
-    def score(batch: Batch) -> None:
-        """The pre-update scoring pass: policy log-probs/entropy, old_token_fns outputs, reference log-probs."""
-        exact = [t == recipe.rollout.temperature for t in batch.info.get("behaviour_temperature", [None])]
-        if recipe.train.old_logprobs != "recompute" and all(exact) and not old_token_fns:
-            # the engine sampled from these very weights at this temperature: its records are the old policy
-            batch.old_logprobs = batch.behaviour_logprobs.clone()
-            batch.old_entropy = batch.extras["behaviour_entropy"].clone()
-        else:
-            batch.old_logprobs, batch.old_entropy, old_extras = score_tokens(model, batch, token_fns=old_token_fns,
-                                                                             **score_kw)
-            batch.extras.update(old_extras)
-        if ref_model is not None:
-            batch.ref_logprobs, _, _ = score_tokens(ref_model, batch, **score_kw)
 
-    progress = Progress(recipe.train.steps, state.step, enabled=recipe.logging.progress)
-    start_step = state.step
-    for step in range(start_step, recipe.train.steps):
-        if stop_after is not None and step >= start_step + stop_after:
-            break
-        model.eval()  # no dropout while sampling and scoring
-        t_step = time.perf_counter()
-        step_ctx = StepContext(model=model, tokenizer=tokenizer, engine=engine, task=task, rewards=rewards,
-                               recipe=recipe, step=step, rollout_generator=rollout_gen, device=device, sample=sample,
-                               score=score)
+# ---- phase 3: advantages ---------------------------------------------------------------------------------------------
 
-        # 1. rollouts, rewards, selection (refilling from new prompts up to rollout.max_tries rounds)
-        kept: list[Batch] = []
-        generated: list[Batch] = []
-        totals = {"rollout_s": 0.0, "reward_s": 0.0, "tokens": 0.0, "failures": 0.0}
-        kept_groups, tries = 0, 0
-        while kept_groups < recipe.rollout.prompts_per_step and tries < recipe.rollout.max_tries:
-            tries += 1
-            examples = [task.train_example(i) for i in sampler.next(recipe.rollout.prompts_per_step - kept_groups)]
-            batch, stats = sample(examples, recipe.rollout.n, recipe.rollout.temperature)
-            totals = {k: totals[k] + stats[k] for k in totals}
-            generated.append(batch)
-            keep = torch.ones(batch.size, dtype=torch.bool, device=device)
-            for select in selectors:
-                keep &= select(batch, step_ctx=step_ctx).to(device)
-            if keep.any():
-                kept.append(batch.select(keep.nonzero().squeeze(-1).cpu()))
-                kept_groups += int(torch.unique(batch.group_ids[keep]).numel())
-        generated_rewards = torch.cat([b.rewards for b in generated])
-        finish = sum((b.info["finish_reason"] for b in generated), [])
-        # outcome statistics over finished responses only (unfinished "partial" rows have no outcome yet)
-        finished = torch.tensor([f != "partial" for f in finish], device=generated_rewards.device)
-        finished_rewards = generated_rewards[finished]
-        finished_correct = [c for c, f in zip(sum((b.info["correct"] for b in generated), []), finish)
-                            if f != "partial"]
-        metrics: dict[str, Any] = {
-            "reward/mean": float(finished_rewards.mean()) if finished_correct else float("nan"),
-            "reward/std": float(finished_rewards.std()) if finished_rewards.numel() > 1 else 0.0,
-            "accuracy": float(np.mean(finished_correct)) if finished_correct else float("nan"),
-            "response/partial_frac": 1.0 - len(finished_correct) / len(finish),
-            "reward/failures": int(totals["failures"]),
-            "selection/zero_variance_group_frac": diag.zero_variance_group_fraction(
-                generated_rewards, torch.cat([b.group_ids for b in generated])),
-            "selection/dropped_frac": 1.0 - sum(b.size for b in kept) / generated_rewards.numel(),
-            "selection/rounds": tries,
-            "response/length_mean": float(torch.cat([b.response_lengths for b in kept]).mean()) if kept else 0.0,
-            "response/truncated_frac": float(np.mean([f == "length" for f in finish])),
-        }
+def advantage_phase(run: Run, batch: Batch, ctx: StepContext) -> dict[str, Any]:
+    """Reward-stage shaping, the estimator, the sampler's update, advantage-stage shaping, whole-batch prepare."""
+    metrics: dict[str, Any] = {}
+    for shaper in run.shapers:
+        if shaper.stage == "reward":
+            metrics.update({f"shaping/{k}": v for k, v in shaper(batch, step_ctx=ctx).items()})
+    metrics.update(assign_advantages(run.advantage, batch, ctx))
+    metrics.update({f"sampler/{k}": v for k, v in run.sampler.update(batch).items()})  # curricula learn here
+    for shaper in run.shapers:
+        if shaper.stage == "advantage":
+            metrics.update({f"shaping/{k}": v for k, v in shaper(batch, step_ctx=ctx).items()})
+    for comp in (run.objective, *(r.component for r in run.regs)):
+        batch.extras.update(comp.prepare(batch, run.update_gen))
+    return metrics
 
-        t_score = t_update = 0.0
-        train_tokens = 0.0
-        metrics["actor/optimizer_steps"] = 0
-        if kept:
-            batch = Batch.concat(kept)
-            # 2. score with the policy before the update (and with the reference when a component needs it)
-            t0 = time.perf_counter()
-            score(batch)
-            t_score = time.perf_counter() - t0
 
-            # 3. shaping and advantages, then whole-batch preparation (selection rules over all tokens)
-            for shaper in shapers:
-                if shaper.stage == "reward":
-                    metrics.update({f"shaping/{k}": v for k, v in shaper(batch, step_ctx=step_ctx).items()})
-            metrics.update(assign_advantages(advantage, batch, step_ctx))
-            metrics.update({f"sampler/{k}": v for k, v in sampler.update(batch).items()})  # curricula learn here
-            for shaper in shapers:
-                if shaper.stage == "advantage":
-                    metrics.update({f"shaping/{k}": v for k, v in shaper(batch, step_ctx=step_ctx).items()})
-            for comp in (objective, *(r.component for r in regs)):
-                batch.extras.update(comp.prepare(batch, update_gen))
+# ---- phase 4: update -------------------------------------------------------------------------------------------------
 
-            # 4. update
-            model.train()
-            t0 = time.perf_counter()
-            metrics.update(policy_update(model, optimizer, scheduler, batch, recipe, objective, regs, update_gen))
-            t_update = time.perf_counter() - t0
+def update_phase(run: Run, batch: Batch) -> dict[str, Any]:
+    run.model.train()
+    t0 = time.perf_counter()
+    metrics = policy_update(run.model, run.optimizer, run.scheduler, batch, run.recipe, run.objective, run.regs,
+                            run.update_gen)
+    elapsed = time.perf_counter() - t0
+    run.engine.after_update(run.model)
+    train_tokens = float(batch.attention_mask.sum()) * run.recipe.train.ppo_epochs
+    metrics.update({"time/update_s": elapsed, "time/update_tokens_per_s": train_tokens / elapsed if elapsed else 0.0})
+    return metrics
 
-            # 5. diagnostics of the batch that was optimized
-            mask = batch.response_mask
-            entropy = diag.masked_mean(batch.old_entropy, mask)
-            metrics.update({
-                "entropy/mean": entropy,
-                "entropy/delta": entropy - state.prev_entropy if state.prev_entropy is not None else 0.0,
-                "cov/logp_adv": diag.cov_logp_adv(batch.old_logprobs, batch.advantages, mask),
-                "advantage/mean": diag.masked_mean(batch.advantages, mask),
-                "advantage/abs_mean": diag.masked_mean(batch.advantages.abs(), mask),
-                "kl/behaviour": diag.masked_mean(ops.kl(batch.old_logprobs, batch.behaviour_logprobs, "k3"), mask),
-                "selection/token_weight_mean": diag.masked_mean(batch.token_weights, mask),
-            })
-            if batch.ref_logprobs is not None:
-                metrics["kl/ref"] = diag.masked_mean(ops.kl(batch.old_logprobs, batch.ref_logprobs, "k3"), mask)
-            state.prev_entropy = entropy
-            train_tokens = float(batch.attention_mask.sum()) * recipe.train.ppo_epochs
 
-        short_names = {k.split("/")[-1]: v for k, v in metrics.items()}
-        for reg in regs:
-            metrics[f"reg/{reg.name}/coef"] = reg.value()
-            if reg.controller is not None:
-                reg.controller.update({**short_names, **metrics})
-        for comp in components:
-            comp.update(metrics)
-        state.step = step + 1
-        if recipe.eval.every and state.step % recipe.eval.every == 0 and state.step < recipe.train.steps:
-            model.eval()
-            metrics.update({f"eval/{k}": v for k, v in evaluate(engine, task, eval_examples, recipe,
-                                                                 recipe.seed + 3).items()})
-        elapsed = time.perf_counter() - t_step
-        metrics.update({
-            "time/rollout_s": totals["rollout_s"], "time/reward_s": totals["reward_s"], "time/score_s": t_score,
-            "time/update_s": t_update, "time/step_s": elapsed,
-            "tokens_per_s": totals["tokens"] / max(totals["rollout_s"], 1e-9),
-            "time/update_tokens_per_s": train_tokens / t_update if t_update else 0.0,
-            "peak_mem_mb": peak_memory_mb(),
-        })
-        if "entropy/mean" in metrics and not math.isnan(metrics["accuracy"]):
-            state.history.append({"entropy": metrics["entropy/mean"], "accuracy": metrics["accuracy"]})
-        logger.log(step, metrics)
-        progress.update(step, metrics)
-        every = recipe.checkpoint.every
-        if (every and state.step % every == 0) or state.step == recipe.train.steps:
-            save_checkpoint(out_dir, recipe, model, optimizer, scheduler, sampler, rollout_gen, update_gen, regs,
-                            components, engine, state)
-    progress.close()
+def batch_diagnostics(run: Run, batch: Batch) -> dict[str, float]:
+    """Entropy, its change, cov(log-prob, advantage), KLs and selection weight of the batch that was optimized."""
+    mask = batch.response_mask
+    entropy = diag.masked_mean(batch.old_entropy, mask)
+    out = {
+        "entropy/mean": entropy,
+        "entropy/delta": entropy - run.state.prev_entropy if run.state.prev_entropy is not None else 0.0,
+        "cov/logp_adv": diag.cov_logp_adv(batch.old_logprobs, batch.advantages, mask),
+        "advantage/mean": diag.masked_mean(batch.advantages, mask),
+        "advantage/abs_mean": diag.masked_mean(batch.advantages.abs(), mask),
+        "kl/behaviour": diag.masked_mean(ops.kl(batch.old_logprobs, batch.behaviour_logprobs, "k3"), mask),
+        "selection/token_weight_mean": diag.masked_mean(batch.token_weights, mask),
+    }
+    if batch.ref_logprobs is not None:
+        out["kl/ref"] = diag.masked_mean(ops.kl(batch.old_logprobs, batch.ref_logprobs, "k3"), mask)
+    for label, values in batch.reward_terms.items():
+        out[f"reward/term/{label}"] = float(values[batch.finished].mean()) if bool(batch.finished.any()) else 0.0
+    run.state.prev_entropy = entropy
+    return out
 
-    summary: dict[str, Any] = {"run_dir": str(out_dir), "steps": state.step, "eval_start": state.eval_start}
+
+# ---- phase 5: controllers, eval, log, checkpoint ---------------------------------------------------------------------
+
+def finish_step(run: Run, step: int, metrics: dict[str, Any], t_step: float) -> None:
+    recipe, state = run.recipe, run.state
+    metrics.setdefault("actor/optimizer_steps", 0)
+    metrics.setdefault("time/score_s", 0.0)
+    metrics.setdefault("time/update_s", 0.0)
+    metrics.setdefault("time/update_tokens_per_s", 0.0)
+    short_names = {k.split("/")[-1]: v for k, v in metrics.items()}
+    for reg in run.regs:
+        metrics[f"reg/{reg.name}/coef"] = reg.value()
+        if reg.controller is not None:
+            reg.controller.update({**short_names, **metrics})
+    for comp in run.components:
+        comp.update(metrics)
+    state.step = step + 1
+    if recipe.eval.every and state.step % recipe.eval.every == 0 and state.step < recipe.train.steps:
+        run.model.eval()
+        metrics.update({f"eval/{k}": v for k, v in evaluate(run.engine, run.task, run.eval_examples, recipe,
+                                                             recipe.seed + 3, run.environment).items()})
+    metrics.update({"time/step_s": time.perf_counter() - t_step, "peak_mem_mb": peak_memory_mb()})
+    if "entropy/mean" in metrics and not math.isnan(metrics["accuracy"]):
+        state.history.append({"entropy": metrics["entropy/mean"], "accuracy": metrics["accuracy"]})
+    run.logger.log(step, metrics)
+    every = recipe.checkpoint.every
+    if (every and state.step % every == 0) or state.step == recipe.train.steps:
+        save_checkpoint(run)
+
+
+def finish_run(run: Run) -> dict[str, Any]:
+    """Final held-out eval, the HF model folder, the R(H) fit and plots; returns the run's summary."""
+    recipe, state = run.recipe, run.state
+    summary: dict[str, Any] = {"run_dir": str(run.out_dir), "steps": state.step, "eval_start": state.eval_start}
     if state.step >= recipe.train.steps:
-        model.eval()
-        summary["eval_end"] = evaluate(engine, task, eval_examples, recipe, recipe.seed + 3)
-        logger.log(state.step, {f"eval/{k}": v for k, v in summary["eval_end"].items()} | {"final": True})
-        final_dir = out_dir / "final"
-        model.save_pretrained(final_dir)
-        tokenizer.save_pretrained(final_dir)
+        run.model.eval()
+        summary["eval_end"] = evaluate(run.engine, run.task, run.eval_examples, recipe, recipe.seed + 3,
+                                       run.environment)
+        run.logger.log(state.step, {f"eval/{k}": v for k, v in summary["eval_end"].items()} | {"final": True})
+        final_dir = run.out_dir / "final"
+        run.model.save_pretrained(final_dir)
+        run.tokenizer.save_pretrained(final_dir)
         summary["final_model"] = str(final_dir)
         fit = diag.fit_entropy_performance([h["entropy"] for h in state.history],
                                            [h["accuracy"] for h in state.history])
@@ -601,25 +762,45 @@ def train(recipe: Recipe, *, run_dir: str | Path | None = None, resume: bool = F
         if recipe.logging.plots:
             from entropo.plots import plot_run
 
-            summary["plots"] = [str(p) for p in plot_run(out_dir)]
-    logger.close()
+            summary["plots"] = [str(p) for p in plot_run(run.out_dir)]
+    run.logger.close()
     return summary
 
 
-def save_checkpoint(out_dir, recipe, model, optimizer, scheduler, sampler, rollout_gen, update_gen, regs, components,
-                    engine, state):
+# ---- checkpoints -----------------------------------------------------------------------------------------------------
+
+def restore_checkpoint(run: Run, path: Path) -> None:
+    saved = ckpt.load(path)
+    run.model.load_state_dict(saved["model"])
+    run.optimizer.load_state_dict(saved["optimizer"])
+    run.scheduler.load_state_dict(saved["scheduler"])
+    run.sampler.load_state_dict(saved["sampler"])
+    run.rollout_gen.set_state(saved["rollout_gen"])
+    run.update_gen.set_state(saved["update_gen"])
+    for reg, c_state in zip(run.regs, saved["controllers"]):
+        if reg.controller is not None:
+            reg.controller.load_state_dict(c_state)
+    for comp, c_state in zip(run.components, saved["components"]):
+        comp.load_state_dict(c_state)
+    run.engine.load_state_dict(saved.get("engine", {}))
+    run.state = RunState(**saved["run_state"])
+    ckpt.set_rng_state(saved["rng"])
+    run.logger.truncate_after(run.state.step - 1)
+
+
+def save_checkpoint(run: Run) -> Path:
     payload = {
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "sampler": sampler.state_dict(),
-        "rollout_gen": rollout_gen.get_state(),
-        "update_gen": update_gen.get_state(),
-        "controllers": [r.controller.state_dict() if r.controller else None for r in regs],
-        "components": [c.state_dict() for c in components],
-        "engine": engine.state_dict(),
-        "run_state": vars(state).copy(),
+        "model": run.model.state_dict(),
+        "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(),
+        "sampler": run.sampler.state_dict(),
+        "rollout_gen": run.rollout_gen.get_state(),
+        "update_gen": run.update_gen.get_state(),
+        "controllers": [r.controller.state_dict() if r.controller else None for r in run.regs],
+        "components": [c.state_dict() for c in run.components],
+        "engine": run.engine.state_dict(),
+        "run_state": vars(run.state).copy(),
         "rng": ckpt.rng_state(),
-        "recipe": recipe.model_dump(mode="json"),
+        "recipe": run.recipe.model_dump(mode="json"),
     }
-    return ckpt.save(out_dir, state.step, payload, keep=recipe.checkpoint.keep)
+    return ckpt.save(run.out_dir, run.state.step, payload, keep=run.recipe.checkpoint.keep)

@@ -34,6 +34,21 @@ class Task(Protocol):
 
 
 @dataclass
+class EpisodeInfo:
+    """Per-row facts of one episode, recorded by the engine (typed, carried into the Batch's info and Samples)."""
+
+    num_turns: int = 0  # actions the policy took
+    tool_calls: int = 0  # actions its environment counted as tool calls
+    env_correct: bool | None = None  # the environment's own verdict on the outcome (None: it gave none)
+    env_error: str | None = None  # the exception that ended the episode, if an environment step failed
+    template_mismatch: int = 0  # positions where the ids differ from the chat template's encoding (0 = none)
+    truncated_observations: int = 0  # replies cut to rollout.max_observation_tokens
+    final_action: str = ""  # decoded text of the last action (what outcome verifiers judge)
+    actions: list[str] = field(default_factory=list)  # decoded text of every action, in order
+    info: dict[str, Any] = field(default_factory=dict)  # the environment's free-form step info, merged
+
+
+@dataclass
 class Sample:
     """What a reward function sees for one completion."""
 
@@ -43,6 +58,8 @@ class Sample:
     num_tokens: int = 0  # response length in tokens
     max_tokens: int = 0  # the rollout's max_new_tokens
     truncated: bool = False  # True when the response hit max_new_tokens without EOS/stop
+    episode: EpisodeInfo | None = None  # turns, tool calls, every action's text (multi-turn episodes)
+    transcript: str = ""  # the whole decoded trajectory after the prompt (actions and observations)
 
 
 @dataclass
@@ -57,11 +74,21 @@ class RolloutOutput:
     prompt_index: Tensor  # [R] long: index into the prompts list
     completions: list[str]  # decoded responses (special tokens removed)
     num_tokens: list[int]  # response lengths (whole response; hf_window rows may have generated part of it earlier)
-    finish_reasons: list[str]  # "eos" | "stop" | "length" | "partial" (unfinished; continued by a later rollout)
+    finish_reasons: list[str]  # "eos" | "stop" | "length" | "max_turns" | "budget" | "env_error" | "partial"
+    # ("partial": unfinished, continued by a later rollout; see ``finished``)
     # Engines whose training rollouts carry unfinished rows across steps return more prompt slots than prompts:
     # ``payloads[j]`` is what the caller passed for slot j (its Example), ``prompt_index`` indexes this list.
     payloads: list[Any] | None = None
     extras: dict[str, Tensor] = field(default_factory=dict)  # engine-specific [R, L] tensors -> Batch.extras
+    turn_ids: Tensor | None = None  # [R, L] long: turn of each token after the prompt (action and its reply); -1 else
+    token_rewards: Tensor | None = None  # [R, L] float: each turn's environment reward on its last action token
+    episodes: list[EpisodeInfo] | None = None  # per row: turns, tool calls, environment verdicts
+    transcripts: list[str] | None = None  # per row: decoded trajectory after the prompt
+
+    @property
+    def finished(self) -> list[bool]:
+        """Per row: the response is complete (False only for rows an engine continues in a later rollout)."""
+        return [reason != "partial" for reason in self.finish_reasons]
 
 
 @dataclass

@@ -59,7 +59,7 @@ def step_setup():
         next_id[0] += len(examples)
         # make every group mixed so successes exist on a random tiny model: reward alternates 1, 0, ...
         batch.rewards = torch.tensor([float(i % 2 == 0) for i in range(batch.size)])
-        batch.info["correct"] = [bool(i % 2 == 0) for i in range(batch.size)]
+        batch.correct = torch.tensor([bool(i % 2 == 0) for i in range(batch.size)])
         return batch, stats
 
     return world.recipe, world.model, world.context(gen, sample), sample, temperatures

@@ -97,7 +97,8 @@ def shaping_batch():
     correct = [True, True, True, False, False, False, False, False]
     return Batch(input_ids=torch.ones(B, 5, dtype=torch.long), attention_mask=torch.ones(B, 5, dtype=torch.long),
                  response_mask=mask, rewards=torch.tensor([float(c) for c in correct]),
-                 group_ids=torch.tensor([0] * 4 + [1] * 4), old_entropy=entropy, info={"correct": correct})
+                 group_ids=torch.tensor([0] * 4 + [1] * 4), old_entropy=entropy,
+                 correct=torch.tensor(correct))
 
 
 def test_shaping_alpha_targets_and_rewards_by_hand():

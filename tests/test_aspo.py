@@ -41,7 +41,7 @@ def _batch(completions, correct, group_ids, advantages, lengths):
     return Batch(input_ids=torch.zeros(b, width, dtype=torch.long), attention_mask=torch.ones(b, width),
                  response_mask=response_mask, rewards=torch.tensor([float(c) for c in correct]),
                  group_ids=torch.tensor(group_ids), advantages=torch.tensor(advantages)[:, None] * response_mask,
-                 info={"completion": completions, "correct": correct})
+                 correct=torch.tensor(correct, dtype=torch.bool), info={"completion": completions})
 
 
 def test_shaping_on_batch_without_tokenizer():

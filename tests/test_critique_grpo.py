@@ -120,7 +120,7 @@ def test_candidates_and_choice():
     batch = Batch(input_ids=torch.ones(6, 2, dtype=torch.long), attention_mask=torch.ones(6, 2),
                   response_mask=torch.ones(6, 2), rewards=torch.zeros(6),
                   group_ids=torch.tensor([3, 3, 3, 4, 4, 4]),
-                  info={"correct": [False, True, False, False, False, False]})
+                  correct=torch.tensor([False, True, False, False, False, False]))
     assert refinement_candidates(batch, None) == [0, 2, 3, 4, 5]
     assert refinement_candidates(batch, 1) == [0, 3]
     # group 5: first correct (index 1) beats a higher-reward wrong one; group 7: highest reward, first on ties
@@ -143,7 +143,7 @@ def setup():
         examples = [task.train_example(i) for i in range(2)]
         batch, _ = rollout_batch(engine, task, rewards, recipe, examples, 3, 1.0, gen, 10, torch.device("cpu"))
         # force known correctness: row 1 of group 10 is "correct", every other row wrong
-        batch.info["correct"] = [False, True, False, False, False, False]
+        batch.correct = torch.tensor([False, True, False, False, False, False])
         batch.rewards = torch.tensor([0.0, 1.0, 0.0, 0.0, 0.0, 0.0])
         score(batch)
         main = batch.select(list(range(batch.size)))

@@ -1,6 +1,5 @@
 """EMPO (arXiv 2504.05812): unsupervised reward = frequency of the response's answer cluster in its group."""
 
-import copy
 from types import SimpleNamespace
 
 import torch
@@ -44,10 +43,10 @@ def make_batch(groups, L=4, example=None, info_cls=dict):
     response_mask = torch.zeros(B, L)
     response_mask[:, 1:] = 1
     example = example if example is not None else SimpleNamespace(prompt="q", answer="7", meta={})
-    info = info_cls(sample=[Sample(completion=c, example=example, task=TASK) for c in completions],
-                    correct=[c == "so 7" for c in completions])
+    info = info_cls(sample=[Sample(completion=c, example=example, task=TASK) for c in completions])
+    correct = torch.tensor([c == "so 7" for c in completions])
     return Batch(input_ids=torch.ones(B, L, dtype=torch.long), attention_mask=torch.ones(B, L, dtype=torch.long),
-                 response_mask=response_mask, rewards=torch.tensor([float(c) for c in info["correct"]]),
+                 response_mask=response_mask, rewards=correct.float(), correct=correct,
                  group_ids=torch.tensor(gids), info=info)
 
 
@@ -100,7 +99,7 @@ def test_ground_truth_is_never_read():
 
 def test_correctness_info_is_left_for_accuracy_metrics():
     batch = make_batch([SIZES_521])
-    info_before = copy.copy(batch.info["correct"])
+    info_before = batch.correct.clone()
     empo(batch)
-    assert batch.info["correct"] == info_before  # the trainer's accuracy comes from here (true verifier)
-    assert not torch.equal(batch.rewards, torch.tensor([float(c) for c in info_before]))
+    assert torch.equal(batch.correct, info_before)  # the trainer's accuracy comes from here (true verifier)
+    assert not torch.equal(batch.rewards, info_before.float())

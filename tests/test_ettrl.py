@@ -30,7 +30,8 @@ def _batch(completions, group_ids, truth="7", rewards=None):
         response_mask=response_mask,
         rewards=torch.tensor(rewards if rewards is not None else [0.0] * rows),
         group_ids=torch.tensor(group_ids),
-        info={"sample": samples, "correct": [c == truth for c in completions], "answer": [truth] * rows},
+        correct=torch.tensor([c == truth for c in completions], dtype=torch.bool),
+        info={"sample": samples, "answer": [truth] * rows},
     )
 
 

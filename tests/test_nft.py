@@ -67,10 +67,9 @@ def test_neg_weight_zero_is_rft():
 
 def _batch(rewards, group_ids, correct=None):
     b = len(rewards)
-    info = {} if correct is None else {"correct": correct}
     return Batch(input_ids=torch.zeros(b, 3, dtype=torch.long), attention_mask=torch.ones(b, 3),
                  response_mask=torch.ones(b, 3), rewards=torch.tensor(rewards), group_ids=torch.tensor(group_ids),
-                 info=info)
+                 correct=None if correct is None else torch.tensor(correct, dtype=torch.bool))
 
 
 def test_prepare_uses_whole_batch_and_drops_uniform_groups():

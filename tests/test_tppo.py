@@ -214,9 +214,10 @@ def test_partial_rows_are_not_scored(monkeypatch):
 
     monkeypatch.setattr(world.rewards, "score", spy)
     batch, _ = _world_batch(world, window=1)
-    partial = [f == "partial" for f in batch.info["finish_reason"]]
+    partial = (~batch.finished).tolist()
+    assert partial == [f == "partial" for f in batch.info["finish_reason"]]
     assert len(seen) == partial.count(False)
-    assert all(batch.rewards[i] == 0 and not batch.info["correct"][i] for i, p in enumerate(partial) if p)
+    assert all(batch.rewards[i] == 0 and not batch.correct[i] for i, p in enumerate(partial) if p)
 
 
 # ---- the recipe end to end: carry-over state survives a resume exactly --------------------------------------------------

@@ -137,7 +137,7 @@ class AEPO:
             "aepo_temperature": temperature,
             "aepo_successes": float(successes.numel()),
             "aepo_rows": float(s),
-            "aepo_extra_accuracy": float(torch.tensor(extra.info["correct"], dtype=torch.float32).mean()),
+            "aepo_extra_accuracy": float(extra.correct.float().mean()),
             "aepo_entropy_main": main_entropy,
             "aepo_extra_tokens": stats["tokens"],
         }

@@ -194,7 +194,7 @@ class AresEntropyReward:
             raise ValueError("ares: matching trigger words needs step_ctx.tokenizer")
         triggers = trigger_positions(token_ids, batch.response_mask, tokenizer, self.triggers)
         counts, costs = hwe_counts(batch.old_entropy, batch.response_mask, triggers, self.window, self.tau)
-        correct = torch.tensor([bool(c) for c in batch.info["correct"]], device=counts.device)
+        correct = batch.correct.to(counts.device)
         bucket = difficulty_buckets(correct, batch.group_ids.to(counts.device), self.easy_at, self.medium_at)
         self.update_buckets(bucket, counts, batch.group_ids.to(counts.device))
         bonus = torch.tensor([entropy_reward(bool(c), int(d), float(n), self.target[int(d)], self.alpha[int(d)])
@@ -238,7 +238,7 @@ class AresKL:
     are pooled and the controller runs once per step in ``update`` (the interval counts RL steps).
     "Second chance": samples that are easy, wrong and have soft HWE cost >= ``second_chance_min_cost`` (from the
     ``ares`` shaping; off when it is absent) get their KL scaled by ``second_chance_scale``.
-    Buckets come from the group accuracy of ``batch.info["correct"]`` (computed in ``prepare`` on the whole batch).
+    Buckets come from the group accuracy of ``batch.correct`` (computed in ``prepare`` on the whole batch).
     State (checkpointed): beta, kl_ema, e_ema, updates.
     """
 
@@ -263,7 +263,7 @@ class AresKL:
 
     def prepare(self, batch: Batch, generator: torch.Generator | None = None) -> dict[str, Tensor]:
         device = batch.response_mask.device
-        correct = torch.tensor([bool(c) for c in batch.info["correct"]], device=device)
+        correct = batch.correct.to(device)
         bucket = difficulty_buckets(correct, batch.group_ids.to(device), self.easy_at, self.medium_at)
         relax = torch.ones(batch.size, device=device)
         cost = batch.extras.get("ares_soft_cost")

@@ -17,7 +17,7 @@ ambiguities (spec (g)): the clip bound is relative to |A_i| (so the bias can nev
 k < 1); p̄ and L̄ are means over the eligible responses of the same group (group-level, not batch-level); the
 position is normalised by the mean length L̄, not by the std of p. A group with one eligible response gets bias 0.
 
-Inputs: correctness from ``batch.info["correct"]`` (the task verifier; reward > ``correct_threshold`` when
+Inputs: correctness from ``batch.correct`` (the task verifier; reward > ``correct_threshold`` when
 absent); the first call is the first occurrence of one of ``call_markers`` in the decoded completion
 (``entropo.rewards.tool_efficiency.first_tool_call``), converted to a token position by tokenizing the text before
 it with the run's tokenizer (``step_ctx``), or — without a tokenizer — by scaling the character offset to the
@@ -73,9 +73,8 @@ def _first_call_tokens(batch: Batch, markers: Sequence[str], tokenizer: Any | No
 
 
 def _correct(batch: Batch, correct_threshold: float) -> Tensor:
-    verdicts = batch.info.get("correct")
-    if verdicts is not None and len(verdicts) == batch.size and all(v is not None for v in verdicts):
-        return torch.tensor([bool(v) for v in verdicts], dtype=torch.bool, device=batch.rewards.device)
+    if batch.correct is not None:
+        return batch.correct.to(batch.rewards.device)
     return batch.rewards > correct_threshold
 
 

@@ -155,7 +155,7 @@ def refinement_candidates(batch: Batch, per_group: int | None) -> list[int]:
     """Rows of wrong responses to refine: per group, the first ``per_group`` wrong ones (all when None)."""
     taken: dict[int, int] = {}
     rows = []
-    for row, (gid, correct) in enumerate(zip(batch.group_ids.tolist(), batch.info["correct"])):
+    for row, (gid, correct) in enumerate(zip(batch.group_ids.tolist(), batch.correct.tolist())):
         if correct or (per_group is not None and taken.get(gid, 0) >= per_group):
             continue
         taken[gid] = taken.get(gid, 0) + 1
@@ -230,7 +230,8 @@ class CritiqueRefine:
 
         prompt_ids = [step_ctx.engine.encode_prompt(e.prompt) for e in examples]
         relaid = responses_under_prompts(refined, prompt_ids, step_ctx.engine.pad_token_id)
-        extra = build_batch(relaid, examples, new_samples, scored.rewards, scored.correct, 0, device)
+        extra = build_batch(relaid, examples, new_samples, scored.rewards, scored.correct, 0, device,
+                            reward_terms=scored.components)
         extra = extra.select(chosen)
         extra.group_ids = torch.tensor([group_ids[i] for i in chosen], dtype=torch.long, device=device)
         step_ctx.score(extra)  # the loop's pre-update pass: old log-probs/entropy under the original prompt
@@ -239,7 +240,7 @@ class CritiqueRefine:
         extra.extras[REFINED_KEY] = torch.ones(extra.size, device=device)
         replace_contents(batch, Batch.concat([batch, extra]))
         metrics["critique_refined_rows"] = float(extra.size)
-        metrics["critique_refined_correct"] = float(sum(extra.info["correct"]))
+        metrics["critique_refined_correct"] = float(extra.correct.sum())
         return metrics
 
 

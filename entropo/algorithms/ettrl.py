@@ -74,9 +74,9 @@ def ttrl_majority(batch: Batch) -> dict[str, float]:
     known = [x for x in label_hits if x is not None]
     if known:
         metrics["ttrl_label_accuracy"] = float(sum(known) / len(known))
-    correct = batch.info.get("correct")
-    if correct is not None and None not in correct:
-        metrics["ttrl_reward_accuracy"] = float((rewards == torch.tensor(correct, dtype=torch.float32)).float().mean())
+    if batch.correct is not None:
+        truth = batch.correct.float().to(rewards.device)
+        metrics["ttrl_reward_accuracy"] = float((rewards == truth).float().mean())
     return metrics
 
 

@@ -25,7 +25,7 @@ wrong-answer loss only, and the two ``normalize`` weights. Resolutions of the am
   entropo never aggregate; the recipe chooses (``seq-mean-token-sum-norm`` with ``norm_length`` is the constant-divisor
   form up to the batch-size factor). The gradient *direction* per token is unaffected.
 - r̂ and correctness come from the *whole* optimized batch in ``prepare`` (so they never depend on the micro-batch
-  split): the correct flag is ``batch.info["correct"]`` (the task verifier) when present, else ``reward >
+  split): the correct flag is ``batch.correct`` (the task verifier) when present, else ``reward >
   correct_threshold``; r̂ is the group mean of that flag. Groups with r̂ ∈ {0, 1} carry no signal; the official run
   removes them by dynamic sampling (the recipe does too) and here they also get weight 0 (``drop_uniform_groups``),
   because clamping r̂ to 0.02/0.98 would otherwise train on them.
@@ -79,9 +79,8 @@ def nft_token_loss(logprobs: Tensor, old_logprobs: Tensor, correct: Tensor, corr
 
 def correct_flags(batch: Batch, correct_threshold: float) -> Tensor:
     """[B] float 0/1: the verifier's verdict when the batch carries it, else reward > threshold."""
-    verdicts = batch.info.get("correct")
-    if verdicts is not None and len(verdicts) == batch.size and all(v is not None for v in verdicts):
-        return torch.tensor([float(bool(v)) for v in verdicts], device=batch.rewards.device)
+    if batch.correct is not None:
+        return batch.correct.float().to(batch.rewards.device)
     return (batch.rewards > correct_threshold).float()
 
 

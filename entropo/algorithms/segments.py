@@ -75,10 +75,11 @@ def segment_text_ids(token_ids: list[int], tokenizer: Any, rule: str = "sentence
 def step_ids(batch: Any, tokenizer: Any = None, rule: str = "sentences") -> Tensor:
     """[B, L] long: the step index of each response token within its row (0, 1, ...), -1 off the response.
 
-    Uses ``batch.turn_ids`` when present (steps = turns), else the text rule above (needs ``tokenizer``)."""
+    Uses ``batch.turn_ids`` when some row has several turns (steps = turns), else the text rule above (needs
+    ``tokenizer``)."""
     mask = batch.response_mask > 0
     out = torch.full(mask.shape, -1, dtype=torch.long, device=mask.device)
-    if batch.turn_ids is not None:
+    if batch.turn_ids is not None and bool((batch.turn_ids[mask] > 0).any()):  # multi-turn: steps are turns
         for b in range(mask.shape[0]):
             turns = batch.turn_ids[b][mask[b]]
             if turns.numel():

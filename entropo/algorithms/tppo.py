@@ -155,8 +155,8 @@ class GAE:
             self._build(hidden.shape[-1], hidden.device)
         mask = batch.response_mask
         generated = batch.extras.get("generated_mask", mask)
-        partial = torch.tensor([f == "partial" for f in batch.info.get("finish_reason", [""] * batch.size)],
-                               device=mask.device)
+        partial = ~batch.finished.to(mask.device) if batch.finished is not None else torch.zeros(
+            batch.size, dtype=torch.bool, device=mask.device)
 
         with torch.no_grad():
             values_before, values_after = state_values_at_tokens(self.head, hidden)

@@ -15,13 +15,17 @@ as a single user message; ``False`` never applies a template (message lists are 
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Sequence
 
 import torch
 from torch import Tensor
 
+from entropo.envs.base import EnvFactory, single_turn_factory
 from entropo.registry import register
-from entropo.types import RolloutOutput
+from entropo.rollout.chat import ChatFormat
+from entropo.rollout.episodes import EpisodeLimits, assemble, run_episodes
+from entropo.types import Example, RolloutOutput
 
 
 def _eos_token_ids(model, tokenizer) -> list[int]:
@@ -122,7 +126,8 @@ class HFEngine:
     """
 
     def __init__(self, model, tokenizer, *, chat_template: str | bool = "auto", max_batch_size: int = 64,
-                 min_new_tokens: int = 0, ignore_eos: bool = False, share_prompt_prefill: bool = True):
+                 min_new_tokens: int = 0, ignore_eos: bool = False, share_prompt_prefill: bool = True,
+                 env_workers: int = 8):
         if chat_template not in ("auto", True, False):
             raise ValueError(f"chat_template must be 'auto', True or False, got {chat_template!r}")
         if max_batch_size < 1:
@@ -139,32 +144,22 @@ class HFEngine:
         self.eos_token_ids = _eos_token_ids(model, tokenizer)
         pad = tokenizer.pad_token_id
         self.pad_token_id = int(pad if pad is not None else (self.eos_token_ids[0] if self.eos_token_ids else 0))
+        self.chat = ChatFormat(tokenizer, chat_template, self.eos_token_ids)
+        self.env_workers = int(env_workers)  # environment steps (tool calls) of different episodes run concurrently
 
     # ---- prompts -------------------------------------------------------------------------------------------------
     def format_prompt(self, prompt: str | list[dict]) -> str:
         """The exact text fed to the model for ``prompt`` (see the module docstring for the template rules)."""
-        if isinstance(prompt, str):
-            if self.chat_template is True:
-                prompt = [{"role": "user", "content": prompt}]
-            else:
-                return prompt
-        if self.chat_template is False:
-            raise ValueError("chat_template=False but a prompt is a list of messages; pass plain strings instead")
-        if getattr(self.tokenizer, "chat_template", None) is None:
-            raise ValueError("a prompt is a list of messages but the tokenizer has no chat template")
-        return self.tokenizer.apply_chat_template(list(prompt), tokenize=False, add_generation_prompt=True)
+        return self.chat.format_prompt(prompt)
 
     def encode_prompt(self, prompt: str | list[dict]) -> list[int]:
-        # Chat templates already contain any BOS they want; plain strings get the tokenizer's usual specials.
-        text = self.format_prompt(prompt)
-        add_special = not (isinstance(prompt, list) or self.chat_template is True)
-        return self.tokenizer(text, add_special_tokens=add_special)["input_ids"]
+        return self.chat.prompt_ids(prompt)
 
     # ---- generation ----------------------------------------------------------------------------------------------
     @torch.no_grad()
     def generate(
         self,
-        prompts: Sequence[str | list[dict]],
+        prompts: Sequence[str | list[dict] | Example],
         n: int,
         *,
         temperature: float = 1.0,
@@ -172,45 +167,57 @@ class HFEngine:
         max_new_tokens: int = 64,
         stop: Sequence[str] = (),
         generator: torch.Generator | None = None,
+        environment: EnvFactory | None = None,
+        env_seed: int = 0,
+        limits: EpisodeLimits | None = None,
     ) -> RolloutOutput:
-        """Sample ``n`` completions for each prompt; rows are prompt-major (prompt 0's ``n`` samples first).
+        """Play ``n`` episodes for each prompt (an ``Example`` or a bare prompt); rows are prompt-major (prompt 0's
+        ``n`` episodes first). Without an ``environment`` every episode is one turn: a plain completion.
 
-        ``temperature=0`` decodes greedily. A row ends at an EOS token (kept, ``response_mask`` 1), at the token
-        that completes any string of ``stop`` (kept; later tokens are dropped), or after ``max_new_tokens``.
+        ``temperature=0`` decodes greedily. An action ends at an EOS token (kept, ``response_mask`` 1), at the token
+        that completes any string of ``stop`` or of the environment's ``stop`` (kept; later tokens are dropped), or
+        after ``max_new_tokens``. Episode ``i`` of the call gets the environment seed ``env_seed + i``.
         Without a ``generator`` one is seeded from the global torch RNG (reproducible under ``torch.manual_seed``).
         """
         stop = check_sampling_args(n, temperature, top_p, max_new_tokens, stop)
         device = next(self.model.parameters()).device
         generator = generator if generator is not None else default_generator(device)
+        examples = [p if isinstance(p, Example) else Example(prompt=p) for p in prompts]
+        environment = environment if environment is not None else single_turn_factory()
+        limits = replace(limits or EpisodeLimits(), max_new_tokens=max_new_tokens)
+        self._check_prompt_lengths(examples, limits)
 
-        prompt_token_ids = [self.encode_prompt(p) for p in prompts]
-        longest_prompt = max((len(p) for p in prompt_token_ids), default=0)
-        if any(len(p) == 0 for p in prompt_token_ids):
+        row_prompt_index = [i for i in range(len(examples)) for _ in range(n)]
+
+        def sample_turn(contexts: list[list[int]], budget: int, stops: list[str]):
+            out = []
+            for start in range(0, len(contexts), self.max_batch_size):
+                ids, lps, ents, why = self._generate_micro_batch(contexts[start:start + self.max_batch_size],
+                                                                 temperature, top_p, budget, stops, generator, device)
+                out += list(zip(ids, lps, ents, why))
+            return out
+
+        episodes = run_episodes([environment() for _ in row_prompt_index], [examples[i] for i in row_prompt_index],
+                                [env_seed + r for r in range(len(row_prompt_index))], self.chat, sample_turn, limits,
+                                stop=stop, workers=self.env_workers)
+        return assemble(episodes, row_prompt_index, self.pad_token_id,
+                        lambda rows: self.tokenizer.batch_decode(rows, skip_special_tokens=True))
+
+    def _check_prompt_lengths(self, examples: Sequence[Example], limits: EpisodeLimits) -> None:
+        # The first observation may differ from the example's prompt (an environment's reset decides); the check
+        # covers the common case where it is the prompt, and the model raises on anything longer.
+        lengths = [len(self.encode_prompt(e.prompt)) for e in examples]
+        if any(length == 0 for length in lengths):
             raise ValueError("a prompt encodes to zero tokens; give every prompt some text")
         max_positions = _max_positions(self.model)
-        if max_positions is not None and longest_prompt + max_new_tokens > max_positions:
-            worst = max(range(len(prompts)), key=lambda i: len(prompt_token_ids[i]))
+        longest = max(lengths, default=0)
+        need = limits.max_new_tokens if limits.max_episode_tokens is None else limits.max_episode_tokens
+        if max_positions is not None and longest + need > max_positions:
+            worst = max(range(len(examples)), key=lambda i: lengths[i])
             raise ValueError(
-                f"prompt {worst} has {longest_prompt} tokens; with max_new_tokens={max_new_tokens} that exceeds the "
+                f"prompt {worst} has {longest} tokens; with max_new_tokens={need} that exceeds the "
                 f"model's {max_positions} positions. Shorten the prompt or lower max_new_tokens."
             )
-
-        row_prompt_index = [i for i in range(len(prompts)) for _ in range(n)]
-        responses: list[list[int]] = []
-        response_logprobs: list[Tensor] = []
-        response_entropies: list[Tensor] = []
-        finish_reasons: list[str] = []
-        for start in range(0, len(row_prompt_index), self.max_batch_size):
-            rows = row_prompt_index[start:start + self.max_batch_size]
-            out = self._generate_micro_batch([prompt_token_ids[i] for i in rows], temperature, top_p,
-                                             max_new_tokens, stop, generator, device)
-            responses += out[0]
-            response_logprobs += out[1]
-            response_entropies += out[2]
-            finish_reasons += out[3]
-
-        return self._assemble(prompt_token_ids, row_prompt_index, responses, response_logprobs,
-                              response_entropies, finish_reasons)
 
     @property
     def records_policy_logprobs(self) -> bool:
@@ -219,14 +226,19 @@ class HFEngine:
         return self.min_new_tokens == 0
 
     def rollout(self, examples: Sequence[Any], n: int, **sampling: Any) -> RolloutOutput:
-        """A training rollout: ``n`` samples of each example's prompt (``sampling`` as for ``generate``).
+        """A training rollout: ``n`` episodes of each example (``sampling`` as for ``generate``).
 
-        The trainer calls this, evaluation calls ``generate``. Every row here is a complete response; an engine that
+        The trainer calls this, evaluation calls ``generate``. Every row here is a complete episode; an engine that
         splits responses across steps (``hf_window``) overrides it and returns unfinished rows as ``"partial"``.
         """
-        out = self.generate([e.prompt for e in examples], n, **sampling)
+        out = self.generate(list(examples), n, **sampling)
         out.payloads = list(examples)
         return out
+
+    def after_update(self, model) -> None:
+        """Called after every optimizer update. The in-process engine samples from the trained module itself, so
+        there is nothing to sync; an out-of-process engine (vLLM) pushes the new weights here."""
+        del model
 
     def state_dict(self) -> dict[str, Any]:
         """Engine state that must survive a resume (none here: sampling randomness lives in the caller's generator)."""

@@ -33,13 +33,15 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
 
+from entropo.envs.base import EnvFactory, require_single_turn
 from entropo.registry import register
 from entropo.rollout.hf import HFEngine, check_sampling_args, default_generator
-from entropo.types import RolloutOutput
+from entropo.types import Example, RolloutOutput
 
 
 @dataclass
@@ -134,15 +136,21 @@ class HFTreeEngine(HFEngine):
         max_new_tokens: int = 64,
         stop: Sequence[str] = (),
         generator: torch.Generator | None = None,
+        environment: EnvFactory | None = None,
+        env_seed: int = 0,
+        limits: Any = None,
     ) -> RolloutOutput:
-        """Sample ``n`` leaves per prompt from entropy-fork trees (see the module docstring)."""
+        """Sample ``n`` leaves per prompt from entropy-fork trees (see the module docstring). Single-turn only."""
+        del env_seed, limits
+        require_single_turn(self, environment)
+        prompts = [p.prompt if isinstance(p, Example) else p for p in prompts]
         stop = check_sampling_args(n, temperature, top_p, max_new_tokens, stop)
         device = next(self.model.parameters()).device
         generator = generator if generator is not None else default_generator(device)
         trees = trees_per_prompt(n, self.n_fork_points, self.branches)
 
         # 1. roots: M independent complete samples per prompt (HFEngine validates the arguments and prompts).
-        roots = super().generate(prompts, trees, temperature=temperature, top_p=top_p,
+        roots = HFEngine.generate(self, prompts, trees, temperature=temperature, top_p=top_p,
                                  max_new_tokens=max_new_tokens, stop=stop, generator=generator)
         prompt_token_ids = [self.encode_prompt(p) for p in prompts]
         root_tokens, root_logprobs, root_entropies = [], [], []

@@ -26,6 +26,7 @@ from typing import Any, Sequence
 
 import torch
 
+from entropo.envs.base import EnvFactory, require_single_turn
 from entropo.registry import register
 from entropo.rollout.hf import HFEngine, check_sampling_args, default_generator
 from entropo.types import RolloutOutput
@@ -59,9 +60,12 @@ class HFWindowEngine(HFEngine):
 
     @torch.no_grad()
     def rollout(self, examples: Sequence[Any], n: int, *, temperature: float = 1.0, top_p: float = 1.0,
-                max_new_tokens: int = 64, stop: Sequence[str] = (), generator: torch.Generator | None = None
-                ) -> RolloutOutput:
-        """Continue every carried row and start ``n`` rows per new example, each by at most ``window`` tokens."""
+                max_new_tokens: int = 64, stop: Sequence[str] = (), generator: torch.Generator | None = None,
+                environment: EnvFactory | None = None, env_seed: int = 0, limits: Any = None) -> RolloutOutput:
+        """Continue every carried row and start ``n`` rows per new example, each by at most ``window`` tokens.
+        Single-turn only (an episode never spans steps in multi-turn environments)."""
+        del env_seed, limits
+        require_single_turn(self, environment)
         stop = check_sampling_args(n, temperature, top_p, max_new_tokens, stop)
         device = next(self.model.parameters()).device
         generator = generator if generator is not None else default_generator(device)

@@ -1,0 +1,243 @@
+"""The episode loop: batched multi-turn sampling against environments, token in and token out.
+
+``run_episodes`` drives one environment instance per row. Each round samples one turn for every episode still
+running (batched across episodes; finished episodes leave the batch), hands each decoded action to its environment
+(concurrently, on a bounded thread pool: tool calls of different episodes overlap), and appends the reply ids from
+``ChatFormat.reply_ids``. The trajectory of a row is exactly: prompt ids, then per turn the sampled action ids (policy
+tokens: trained on, with their sampling log-probs and entropies) and the reply ids (observation tokens: never trained
+on). A single-turn task is the one-turn episode of ``SingleTurn`` and takes this same path.
+
+Limits: ``max_turns`` actions per episode, ``max_new_tokens`` per action, ``max_episode_tokens`` for everything after
+the prompt (actions and replies), ``max_observation_tokens`` per reply. An episode that hits one is ended and its
+finish reason says which (``"length"`` for the last action's own limit, ``"max_turns"``, ``"budget"``). An
+environment whose ``reset`` or ``step`` raises ends that episode as a failure (``EpisodeInfo.env_error``), never the run.
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from entropo.envs.base import Environment, StepResult
+from entropo.rollout.chat import ChatFormat
+from entropo.types import EpisodeInfo, Example, RolloutOutput
+
+log = logging.getLogger(__name__)
+
+# sample_turn(contexts: list[list[int]], max_new_tokens, stop) -> per row (ids, logprobs [T], entropies [T], reason)
+TurnSampler = Callable[[list[list[int]], int, list[str]], list[tuple[list[int], Tensor, Tensor, str]]]
+
+
+@dataclass
+class EpisodeLimits:
+    max_turns: int | None = None  # None: the environment's own ``max_turns``
+    max_new_tokens: int = 64  # per action
+    max_episode_tokens: int | None = None  # actions + replies after the prompt (None: no limit beyond the turns)
+    max_observation_tokens: int | None = None  # per reply (longer replies are cut, counted in EpisodeInfo)
+    check_template: bool = True  # measure each templated episode against the template's own encoding
+    strict_template: bool = False  # raise on a mismatch (debug mode) instead of only reporting it
+
+
+@dataclass
+class _Episode:
+    env: Environment
+    example: Example
+    prompt_ids: list[int]
+    templated: bool
+    max_turns: int
+    messages: list[dict[str, str]]
+    ids: list[int] = field(default_factory=list)  # everything after the prompt
+    policy: list[bool] = field(default_factory=list)
+    turn_of: list[int] = field(default_factory=list)
+    logprobs: list[Tensor] = field(default_factory=list)
+    entropies: list[Tensor] = field(default_factory=list)
+    turn_rewards: list[tuple[int, float]] = field(default_factory=list)  # (index in ids of the turn's last token, r)
+    actions: list[str] = field(default_factory=list)
+    reason: str = ""
+    info: EpisodeInfo = field(default_factory=EpisodeInfo)
+    running: bool = True
+
+    def add(self, ids: Sequence[int], policy: bool, turn: int, logprobs: Tensor | None = None,
+            entropies: Tensor | None = None) -> None:
+        self.ids += list(ids)
+        self.policy += [policy] * len(ids)
+        self.turn_of += [turn] * len(ids)
+        zeros = torch.zeros(len(ids))
+        self.logprobs.append(logprobs if logprobs is not None else zeros)
+        self.entropies.append(entropies if entropies is not None else zeros)
+
+
+def _safe_step(env: Environment, action: str) -> StepResult | BaseException:
+    try:
+        result = env.step(action)
+        if not isinstance(result, StepResult):
+            raise TypeError(f"{type(env).__name__}.step returned {type(result).__name__}; return a StepResult")
+        return result
+    except Exception as e:  # an environment failure ends that episode, never the run
+        return e
+
+
+def run_episodes(
+    envs: list[Environment],
+    examples: list[Example],
+    seeds: list[int],
+    chat: ChatFormat,
+    sample_turn: TurnSampler,
+    limits: EpisodeLimits,
+    stop: Sequence[str] = (),
+    decode: Callable[[list[int]], str] | None = None,
+    workers: int = 8,
+) -> list[_Episode]:
+    """Play one episode per (env, example, seed) row; returns the finished episodes in row order."""
+    decode = decode or (lambda ids: chat.tokenizer.decode(ids, skip_special_tokens=True))
+    episodes: list[_Episode] = []
+    for env, example, seed in zip(envs, examples, seeds):
+        max_turns = limits.max_turns if limits.max_turns is not None else int(getattr(env, "max_turns", 1))
+        try:
+            first = env.reset(example, int(seed))
+        except Exception as e:
+            raise RuntimeError(f"{type(env).__name__}.reset failed on prompt {example.prompt!r}: {e}") from e
+        ep = _Episode(env=env, example=example, prompt_ids=chat.prompt_ids(first), templated=chat.uses_template(first),
+                      max_turns=max(1, max_turns), messages=chat.as_messages(first) if chat.uses_template(first) else [])
+        episodes.append(ep)
+
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        turn = 0
+        while True:
+            running = [ep for ep in episodes if ep.running]
+            if not running:
+                break
+            budgets = [_action_budget(ep, limits) for ep in running]
+            stops = list(dict.fromkeys([*stop, *(s for ep in running for s in getattr(ep.env, "stop", ()))]))
+            sampled = sample_turn([ep.prompt_ids + ep.ids for ep in running], max(budgets), stops)
+            for ep, budget, (ids, lps, ents, why) in zip(running, budgets, sampled):
+                if len(ids) > budget:  # the episode budget is tighter than this round's per-action limit
+                    ids, lps, ents, why = ids[:budget], lps[:budget], ents[:budget], "budget"
+                ep.add(ids, True, turn, lps.float(), ents.float())
+                ep.actions.append(decode(ids))
+                ep.reason = why
+            results = list(pool.map(lambda ep: _safe_step(ep.env, ep.actions[-1]), running))
+            for ep, result in zip(running, results):
+                last_token = len(ep.ids) - 1
+                if isinstance(result, BaseException):
+                    ep.info.env_error = f"{type(result).__name__}: {result}"
+                    log.warning("environment %s failed on turn %d: %s", type(ep.env).__name__, turn, result)
+                    _finish(ep, "env_error")
+                    continue
+                if last_token >= 0:
+                    ep.turn_rewards.append((last_token, float(result.reward)))
+                ep.info.tool_calls += int(bool(result.tool_call))
+                if result.info:
+                    ep.info.info.update(result.info)
+                if result.correct is not None:
+                    ep.info.env_correct = bool(result.correct)
+                if ep.templated:
+                    ep.messages.append({"role": "assistant", "content": ep.actions[-1]})
+                if result.done:
+                    _finish(ep, ep.reason)
+                elif turn + 1 >= ep.max_turns:
+                    _finish(ep, "max_turns")
+                elif ep.reason == "budget" or _remaining(ep, limits) == 0:
+                    _finish(ep, "budget")
+                else:
+                    _append_reply(ep, result, chat, limits, turn)
+            turn += 1
+
+    for ep in episodes:
+        if limits.check_template and ep.templated:
+            ep.info.template_mismatch = chat.template_mismatch(ep.prompt_ids + ep.ids, ep.messages)
+            if ep.info.template_mismatch and limits.strict_template:
+                raise ValueError(
+                    f"multi-turn trajectory differs from the chat template's encoding of the same conversation at "
+                    f"{ep.info.template_mismatch} positions (prompt {ep.example.prompt!r}); the template is not "
+                    f"append-only for these messages. Unset rollout.strict_template to train anyway.")
+    return episodes
+
+
+def _remaining(ep: _Episode, limits: EpisodeLimits) -> int | None:
+    return None if limits.max_episode_tokens is None else max(0, limits.max_episode_tokens - len(ep.ids))
+
+
+def _action_budget(ep: _Episode, limits: EpisodeLimits) -> int:
+    left = _remaining(ep, limits)
+    return limits.max_new_tokens if left is None else max(1, min(limits.max_new_tokens, left))
+
+
+def _append_reply(ep: _Episode, result: StepResult, chat: ChatFormat, limits: EpisodeLimits, turn: int) -> None:
+    role = getattr(ep.env, "observation_role", "user")
+    observation = result.observation if result.observation is not None else ""
+    action_ids = [i for i, p in zip(ep.ids, ep.policy) if p][-1:]  # the last sampled token decides the close
+    reply = chat.reply_ids(action_ids, observation, ep.templated, role)
+    cap = limits.max_observation_tokens
+    if cap is not None and len(reply) > cap:
+        reply = reply[:cap]
+        ep.info.truncated_observations += 1
+    left = _remaining(ep, limits)
+    if left is not None and len(reply) >= left:  # no room for the reply and one more action token
+        ep.add(reply[:left], False, turn)
+        _finish(ep, "budget")
+        return
+    ep.add(reply, False, turn)
+    if ep.templated:
+        ep.messages += chat.observation_messages(observation, role)
+
+
+def _finish(ep: _Episode, reason: str) -> None:
+    ep.running = False
+    ep.reason = reason
+    try:
+        ep.env.close()
+    except Exception as e:  # a failing close is logged, the episode's data stands
+        log.warning("environment %s failed to close: %s", type(ep.env).__name__, e)
+
+
+def assemble(episodes: list[_Episode], row_prompt_index: list[int], pad_token_id: int, decode_batch
+             ) -> RolloutOutput:
+    """Lay episodes out as [left padding | prompt | turns | right padding] rows of one RolloutOutput."""
+    num_rows = len(episodes)
+    prompt_width = max(len(ep.prompt_ids) for ep in episodes)
+    width = prompt_width + max((len(ep.ids) for ep in episodes), default=0)
+    input_ids = torch.full((num_rows, width), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((num_rows, width), dtype=torch.long)
+    response_mask = torch.zeros((num_rows, width), dtype=torch.float32)
+    behaviour_logprobs = torch.zeros((num_rows, width), dtype=torch.float32)
+    behaviour_entropy = torch.zeros((num_rows, width), dtype=torch.float32)
+    turn_ids = torch.full((num_rows, width), -1, dtype=torch.long)
+    token_rewards = torch.zeros((num_rows, width), dtype=torch.float32)
+    for r, ep in enumerate(episodes):
+        p = ep.prompt_ids
+        input_ids[r, prompt_width - len(p): prompt_width] = torch.tensor(p, dtype=torch.long)
+        attention_mask[r, prompt_width - len(p): prompt_width + len(ep.ids)] = 1
+        if ep.ids:
+            end = prompt_width + len(ep.ids)
+            input_ids[r, prompt_width:end] = torch.tensor(ep.ids, dtype=torch.long)
+            response_mask[r, prompt_width:end] = torch.tensor(ep.policy, dtype=torch.float32)
+            behaviour_logprobs[r, prompt_width:end] = torch.cat(ep.logprobs)
+            behaviour_entropy[r, prompt_width:end] = torch.cat(ep.entropies)
+            turn_ids[r, prompt_width:end] = torch.tensor(ep.turn_of, dtype=torch.long)
+            for index, reward in ep.turn_rewards:
+                token_rewards[r, prompt_width + index] += reward
+        ep.info.num_turns = len(ep.actions)
+        ep.info.final_action = ep.actions[-1] if ep.actions else ""
+        ep.info.actions = list(ep.actions)
+    any_turn_rewards = bool(token_rewards.abs().sum() > 0)
+    return RolloutOutput(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        response_mask=response_mask,
+        behaviour_logprobs=behaviour_logprobs,
+        behaviour_entropy=behaviour_entropy,
+        prompt_index=torch.tensor(row_prompt_index, dtype=torch.long),
+        completions=[ep.info.final_action for ep in episodes],
+        num_tokens=[sum(ep.policy) for ep in episodes],
+        finish_reasons=[ep.reason for ep in episodes],
+        turn_ids=turn_ids,
+        token_rewards=token_rewards if any_turn_rewards else None,
+        episodes=[ep.info for ep in episodes],
+        transcripts=decode_batch([ep.ids for ep in episodes]),
+    )
