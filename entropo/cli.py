@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -18,6 +19,8 @@ err = Console(stderr=True)
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
 DEFAULT_RECIPE = "demo"
+IMPORT_HELP = ("Import a plugin module first, e.g. my_pkg.plugins, so the components it @registers can be named "
+               "(repeatable).")
 
 
 def resolve_recipe(name_or_path: str | None) -> Path:
@@ -45,12 +48,13 @@ def train(
     resume: bool = typer.Option(False, "--resume", help="Continue from the latest checkpoint in the run dir."),
     run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Run directory (default runs/<recipe name>)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Delete an existing run dir first."),
+    import_: list[str] = typer.Option([], "--import", help=IMPORT_HELP),
 ):
     """Run an RL recipe end to end."""
     from entropo.config import ConfigError, load_recipe
 
     try:
-        rec = load_recipe(resolve_recipe(recipe), set_)
+        rec = load_recipe(resolve_recipe(recipe), set_, imports=import_)
     except ConfigError as e:
         _fail(str(e))
     from entropo import trainer
@@ -92,10 +96,15 @@ def _print_summary(s: dict) -> None:
 
 
 @app.command()
-def recipes(components: bool = typer.Option(False, "--components", help="Also list registered components.")):
+def recipes(components: bool = typer.Option(False, "--components", help="Also list registered components."),
+            import_: list[str] = typer.Option([], "--import", help=IMPORT_HELP)):
     """List shipped recipes with the paper each implements."""
-    from entropo.config import yaml_load
+    from entropo.config import ConfigError, import_plugins, yaml_load
 
+    try:
+        import_plugins(import_)
+    except ConfigError as e:
+        _fail(str(e))
     t = Table(show_header=True)
     t.add_column("recipe")
     t.add_column("paper")
@@ -122,6 +131,7 @@ def eval_(
     max_new_tokens: int = typer.Option(32, help="Max response tokens."),
     size: int = typer.Option(64, help="Held-out prompts."),
     seed: int = typer.Option(0, help="Seed of the split and of sampling."),
+    import_: list[str] = typer.Option([], "--import", help=IMPORT_HELP),
 ):
     """Report pass@1 and pass@k of a model or a finished run on a task's held-out prompts."""
     from entropo.config import ConfigError, load_recipe, yaml_load
@@ -141,7 +151,7 @@ def eval_(
                  f"eval.n={n}", f"eval.k={ks}", f"eval.temperature={temperature}",
                  f"rollout.max_new_tokens={max_new_tokens}"]
     try:
-        rec = load_recipe(None, overrides)
+        rec = load_recipe(None, overrides, imports=import_)
         rec.task.params = params
         from entropo.config import check_components
 
@@ -186,6 +196,7 @@ def cliff(
     mix_weight: float = typer.Option(0.1, help="Weight of the second reward."),
     entropy_coef: float = typer.Option(0.01, help="Entropy-bonus coefficient of the regularized runs."),
     updates: int = typer.Option(1, help="Updates on the one rollout batch."),
+    import_: list[str] = typer.Option([], "--import", help=IMPORT_HELP),
 ):
     """Policy-cliff diagnostic (arXiv 2507.20150): how far a small reward perturbation moves one update's policy,
     with and without entropy regularization."""
@@ -193,7 +204,7 @@ def cliff(
     from entropo.config import ConfigError, load_recipe
 
     try:
-        rec = load_recipe(resolve_recipe(recipe), ["logging.progress=false", *set_])
+        rec = load_recipe(resolve_recipe(recipe), ["logging.progress=false", *set_], imports=import_)
         policy_cliff(rec, perturbation=perturbation, flip_fraction=flip_fraction, second_reward=second_reward,
                      mix_weight=mix_weight, entropy_coef=entropy_coef, updates=updates,
                      console=lambda text: console.print(text, highlight=False))  # prints its table
@@ -263,6 +274,8 @@ def models_pull(name: str = typer.Argument("smollm2-135m-instruct", help="Model 
 
 
 def main() -> None:
+    if "" not in sys.path and os.getcwd() not in sys.path:  # as `python -m`: plugins in the current directory import
+        sys.path.append(os.getcwd())
     try:
         from transformers.utils import logging as hf_logging
 

@@ -3,10 +3,13 @@
 The config is the documentation: every field has a description, and ``entropo.config.Recipe.model_json_schema()``
 lists them all. Unknown keys are rejected; component names (advantage, objective, ...) are checked against the
 registry, and their ``params`` against the component's signature, so a typo fails before any model is loaded.
+A component may also be named by import path, ``"my_pkg.module:attr"`` (see ``entropo.registry``), and a recipe's
+``imports`` lists plugin modules imported before its components are checked.
 """
 
 from __future__ import annotations
 
+import copy
 import inspect
 import re
 from pathlib import Path
@@ -31,7 +34,8 @@ class _Section(BaseModel):
 class Component(_Section):
     """A registered component chosen by name, with keyword parameters passed to it."""
 
-    name: str = Field(description="Registered name (see `entropo recipes --components`).")
+    name: str = Field(description="Registered name (see `entropo recipes --components`), or an import path "
+                      "'my_pkg.module:attr' naming a function or class in your own code.")
     params: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments of the component.")
 
 
@@ -218,6 +222,9 @@ class Recipe(_Section):
     name: str = Field("run", description="Recipe name (default run directory name).")
     paper: str | None = Field(None, description="Title and arXiv id of the paper the recipe implements.")
     description: str | None = Field(None, description="One line about what the recipe does.")
+    imports: list[str] = Field(
+        default_factory=list, description="Plugin modules to import (e.g. my_pkg.plugins) before the components are "
+        "checked, so the components they @register can be named by plain name; `entropo train --import` adds to it.")
     seed: int = Field(0, description="Seeds model init, data order, sampling and every random choice.")
     model: ModelConfig = Field(default_factory=ModelConfig)
     warmup: WarmupConfig = Field(default_factory=WarmupConfig)
@@ -267,12 +274,22 @@ class Recipe(_Section):
 # ---- component-name and params checks -------------------------------------------------------------------------------
 
 def _check_component(kind: str, comp: Component, where: str, skip_params: tuple[str, ...] = ()) -> None:
-    allowed = registry.names(kind)
-    if comp.name not in allowed:
-        raise ConfigError(f"{where}.name: unknown {kind} {comp.name!r}. Allowed: {', '.join(allowed)}")
-    fn = registry.get(kind, comp.name)
+    if registry.is_import_path(comp.name):
+        try:
+            fn = registry.get(kind, comp.name)
+        except registry.ComponentImportError as e:
+            raise ConfigError(f"{where}.name: {e}") from e.__cause__
+    else:
+        allowed = registry.names(kind)
+        if comp.name not in allowed:
+            raise ConfigError(f"{where}.name: unknown {kind} {comp.name!r}. Allowed: {', '.join(allowed)}"
+                              f"{registry.import_path_hint(comp.name)}")
+        fn = registry.get(kind, comp.name)
     target = fn.__init__ if inspect.isclass(fn) else fn
-    sig = inspect.signature(target)
+    try:
+        sig = inspect.signature(target)
+    except (TypeError, ValueError):  # no introspectable signature (a builtin): the call itself reports bad params
+        return
     if any(p.kind == p.VAR_KEYWORD for p in sig.parameters.values()):
         return
     accepted = [
@@ -304,7 +321,9 @@ _DATA_ARGS = {
 
 
 def check_components(recipe: Recipe) -> None:
-    """Check every named component exists and its params match its signature; raise ConfigError otherwise."""
+    """Import the recipe's plugin modules, then check every named component exists and its params match its
+    signature; raise ConfigError otherwise."""
+    import_plugins(recipe.imports, "imports.{i}")
     c = _check_component
     c("task", recipe.task, "task", _DATA_ARGS["task"])
     c("sampler", recipe.sampler, "sampler", _DATA_ARGS["sampler"])
@@ -327,6 +346,14 @@ def check_components(recipe: Recipe) -> None:
             c("controller", r.controller, f"regularizers.{i}.controller", _DATA_ARGS["controller"])
     if not recipe.rewards:
         raise ConfigError("rewards: at least one reward is needed, e.g. [{name: correct}]")
+
+
+def import_plugins(modules: list[str], what: str = "--import") -> None:
+    """Import plugin modules (``--import``, a recipe's ``imports``); a failure is one ConfigError naming the module."""
+    try:
+        registry.import_modules(modules, what)
+    except registry.PluginImportError as e:
+        raise ConfigError(str(e)) from e.__cause__
 
 
 # ---- loading ----------------------------------------------------------------------------------------------------
@@ -423,8 +450,12 @@ def _defaults_dict() -> dict[str, Any]:
     return Recipe().model_dump(mode="json", exclude_defaults=False)
 
 
-def load_recipe(path: str | Path | None = None, overrides: list[str] | None = None, check: bool = True) -> Recipe:
-    """Load a recipe YAML (None = built-in defaults), apply ``--set`` overrides, validate everything."""
+def load_recipe(path: str | Path | None = None, overrides: list[str] | None = None, check: bool = True,
+                imports: list[str] | None = None) -> Recipe:
+    """Load a recipe YAML (None = built-in defaults), apply ``--set`` overrides, validate everything.
+
+    ``imports``: plugin modules (``entropo train --import``) imported before the recipe is validated; they are added
+    in front of the recipe's own ``imports`` so the run directory's recipe.yaml records them."""
     source = str(path) if path else "(defaults)"
     data: dict[str, Any] = {}
     if path is not None:
@@ -443,6 +474,16 @@ def load_recipe(path: str | Path | None = None, overrides: list[str] | None = No
             raise ConfigError(f"{p}: a recipe must be a YAML mapping (key: value), got {type(loaded).__name__}")
         data = loaded
         data.setdefault("name", p.stem)
+    return recipe_from_dict(data, overrides, check=check, imports=imports, source=source)
+
+
+def recipe_from_dict(data: dict[str, Any], overrides: list[str] | None = None, *, check: bool = True,
+                     imports: list[str] | None = None, source: str = "(dict)") -> Recipe:
+    """Validate a raw recipe mapping (what a recipe file holds) after ``--set`` overrides; ``data`` is not modified.
+    ``imports`` as in ``load_recipe``; ``source`` names the recipe in error messages."""
+    data = copy.deepcopy(dict(data))
+    if imports:
+        import_plugins(list(imports))
     if overrides:
         # Overrides may address fields the file leaves at their defaults (e.g. regularizers.0.coef): merge defaults
         # for list-valued sections only when the path needs them.
@@ -456,6 +497,8 @@ def load_recipe(path: str | Path | None = None, overrides: list[str] | None = No
         recipe = Recipe.model_validate(data)
     except ValidationError as e:
         raise ConfigError(_format_validation_error(e, source)) from None
+    if imports:
+        recipe.imports = list(dict.fromkeys([*imports, *recipe.imports]))
     if check:
         check_components(recipe)
     return recipe
