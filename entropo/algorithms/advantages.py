@@ -15,6 +15,7 @@ filtering). Statistics are computed with scatter/index_add, never a Python loop 
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from entropo import ops
@@ -22,11 +23,57 @@ from entropo.batch import Batch
 from entropo.registry import register
 
 
+def turn_returns(batch: Batch, gamma: float) -> tuple[Tensor, Tensor]:
+    """Discounted turn-level returns of multi-turn episodes: ``(episode_return [B], token_return [B, L])``.
+
+    Turn k's reward r_k is the sum of ``token_rewards`` over its response tokens (an environment's turn reward sits on
+    the turn's last token), plus the outcome ``rewards`` on the last turn; G_k = sum_{j >= k} gamma^(j-k) r_j.
+    ``token_return[b, t]`` is G of the turn of token t (0 off the response); ``episode_return`` is G_0. A single-turn
+    row has G_0 = its ``returns()``. Example (3 turns, turn rewards [0.5, 0, 1], outcome 1, gamma 0.5): r' = [0.5, 0,
+    2] -> G = [1.0, 1.0, 2.0]."""
+    mask = batch.response_mask > 0
+    dense = batch.token_rewards if batch.token_rewards is not None else torch.zeros_like(batch.response_mask)
+    turns = batch.turn_ids if batch.turn_ids is not None else torch.zeros_like(batch.input_ids)
+    episode = torch.zeros(batch.size, dtype=torch.float32, device=mask.device)
+    token_return = torch.zeros(mask.shape, dtype=torch.float32, device=mask.device)
+    for b in range(batch.size):
+        row_turns = turns[b][mask[b]]
+        if row_turns.numel() == 0:
+            episode[b] = batch.rewards[b].float()
+            continue
+        ids, dense_turn = torch.unique(row_turns, sorted=True, return_inverse=True)
+        r = torch.zeros(ids.numel(), dtype=torch.float32, device=mask.device)
+        r.index_add_(0, dense_turn, dense[b][mask[b]].float())
+        r[-1] += batch.rewards[b].float()
+        g = torch.zeros_like(r)
+        running = torch.zeros((), dtype=torch.float32, device=mask.device)
+        for k in range(r.numel() - 1, -1, -1):
+            running = r[k] + gamma * running
+            g[k] = running
+        episode[b] = g[0]
+        token_return[b, mask[b]] = g[dense_turn]
+    return episode, token_return
+
+
 @register("advantage", "grpo", paper="GRPO, DeepSeekMath (Shao et al.), arXiv 2402.03300")
-def grpo(batch: Batch, eps: float = 1e-6, scale_std: bool = True) -> Tensor:
+def grpo(batch: Batch, eps: float = 1e-6, scale_std: bool = True, turn_gamma: float | None = None) -> Tensor:
     """A_i = (r_i - mean_group r) / (std_group r + eps), std unbiased (N-1), as verl's
     ``compute_grpo_outcome_advantage``. A group of one sample uses mean 0 and std 1 (so A = r / (1 + eps) ~ r).
-    ``scale_std=False`` skips the division (= Dr.GRPO). Example: r = [1, 0, 0] -> [1.1547, -0.57735, -0.57735]."""
+    ``scale_std=False`` skips the division (= Dr.GRPO). Example: r = [1, 0, 0] -> [1.1547, -0.57735, -0.57735].
+
+    ``turn_gamma`` (multi-turn episodes): each token's advantage uses the discounted return of its own turn,
+    A_t = (G_turn(t) - mean_group G_0) / (std_group G_0 + eps) (see ``turn_returns``), so turn rewards are credited
+    to the turns that earned them and later turns are not credited with earlier rewards. With turn_gamma = 1 and no
+    turn rewards every turn's return is the outcome, and this equals plain GRPO."""
+    if turn_gamma is not None:
+        episode, token_return = turn_returns(batch, float(turn_gamma))
+        count, mean, std = ops.group_stats(episode, batch.group_ids)
+        mean = mean.masked_fill(count == 1, 0.0)
+        std = std.masked_fill(count == 1, 1.0)
+        centred = token_return - ops.broadcast_to_tokens(mean, batch.response_mask)
+        if scale_std:
+            centred = centred / (ops.broadcast_to_tokens(std, batch.response_mask) + eps)
+        return centred.where(batch.response_mask > 0, 0.0)
     returns = batch.returns().float()  # [B]
     count, mean, std = ops.group_stats(returns, batch.group_ids)
     singleton = count == 1
