@@ -343,7 +343,8 @@ def train(recipe: Recipe, *, run_dir: str | Path | None = None, resume: bool = F
     """Run a recipe end to end. ``stop_after`` ends the process-local loop early (to test resume)."""
     check_components(recipe)
     out_dir = run_dir_for(recipe, run_dir)
-    latest = ckpt.latest(out_dir) if resume else None
+    ckpt.remove_stale_tmp(out_dir)
+    latest, saved = ckpt.resume_point(out_dir, warn=console) if resume else (None, None)  # newest that verifies
     if resume and latest is None:
         console(f"--resume: no checkpoint in {out_dir}; starting from scratch")
     if not resume and (out_dir / "metrics.jsonl").exists():
@@ -398,7 +399,6 @@ def train(recipe: Recipe, *, run_dir: str | Path | None = None, resume: bool = F
                            mlflow=recipe.logging.mlflow, run_name=out_dir.name, config=recipe.model_dump(mode="json"))
 
     if latest is not None:
-        saved = ckpt.load(latest)
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
