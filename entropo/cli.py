@@ -55,16 +55,17 @@ def train(
         _fail(str(e))
     from entropo import trainer
 
-    out = trainer.run_dir_for(rec, run_dir)
-    if overwrite and out.exists() and not resume:
-        import shutil
+    from entropo.runlock import RunLock, clear_run_dir
 
-        shutil.rmtree(out)
-    console.print(f"[bold]entropo train[/] {rec.name}" + (f" — {rec.paper}" if rec.paper else "") + f"  → {out}")
-    try:
-        summary = trainer.train(rec, run_dir=out, resume=resume, console=console.print)
-    except (ConfigError, FileExistsError) as e:
-        _fail(str(e))
+    out = trainer.run_dir_for(rec, run_dir)
+    with RunLock(out, on_stale=console.print):  # held from before --overwrite clears the dir to the end of the run
+        if overwrite and not resume:
+            clear_run_dir(out)
+        console.print(f"[bold]entropo train[/] {rec.name}" + (f" — {rec.paper}" if rec.paper else "") + f"  → {out}")
+        try:
+            summary = trainer.train(rec, run_dir=out, resume=resume, console=console.print)
+        except (ConfigError, FileExistsError) as e:
+            _fail(str(e))
     _print_summary(summary)
 
 

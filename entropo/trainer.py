@@ -29,7 +29,7 @@ import torch
 
 from entropo import checkpoint as ckpt
 from entropo import diagnostics as diag
-from entropo import models, ops, registry
+from entropo import models, ops, registry, runlock
 from entropo.batch import Batch
 from entropo.config import ConfigError, Recipe, check_components, dump_recipe
 from entropo.logging import MetricsLogger, Progress
@@ -338,6 +338,7 @@ def rollout_batch(engine, task, rewards: RewardRunner, recipe: Recipe, examples:
     return batch, stats
 
 
+@runlock.holding_run_dir(lambda recipe, run_dir=None, **_: run_dir_for(recipe, run_dir))  # one run per run dir
 def train(recipe: Recipe, *, run_dir: str | Path | None = None, resume: bool = False,
           stop_after: int | None = None, console: Callable[[str], None] = print) -> dict[str, Any]:
     """Run a recipe end to end. ``stop_after`` ends the process-local loop early (to test resume)."""
