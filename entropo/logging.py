@@ -80,7 +80,9 @@ class MetricsLogger:
                 warnings.warn("logging.mlflow=true but mlflow is not installed: pip install mlflow")
 
     def truncate_after(self, step: int) -> None:
-        """Drop lines logged after ``step`` (they belong to steps a resumed run will redo)."""
+        """Drop lines logged after ``step`` (they belong to steps a resumed run will redo), and torn lines."""
+        if not self.path.exists():
+            return
         rows = [r for r in read_metrics(self.run_dir) if r.get("step", -1) <= step]
         atomic_write_bytes(self.path, "".join(json.dumps(r) + "\n" for r in rows).encode())
 

@@ -414,7 +414,6 @@ def train(recipe: Recipe, *, run_dir: str | Path | None = None, resume: bool = F
         engine.load_state_dict(saved.get("engine", {}))
         state = RunState(**saved["run_state"])
         ckpt.set_rng_state(saved["rng"])
-        logger.truncate_after(state.step - 1)
         console(f"resumed from {latest} (step {state.step})")
     else:
         if recipe.warmup.steps > 0:
@@ -425,6 +424,8 @@ def train(recipe: Recipe, *, run_dir: str | Path | None = None, resume: bool = F
             info = warmup(model, tokenizer, engine, warm_task, recipe.warmup, seed=recipe.seed)
             console(f"SFT warm-up: {recipe.warmup.steps} steps, final loss {info['loss']:.3f}, {info['time']:.1f} s")
         state.eval_start = evaluate(engine, task, eval_examples, recipe, recipe.seed + 3)
+    logger.truncate_after(state.step - 1)  # drop rows of steps this run will (re)do: each step is logged once
+    saved = None
 
     ref_model = None
     if recipe.needs_reference():
