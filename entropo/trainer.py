@@ -29,9 +29,9 @@ import torch
 
 from entropo import checkpoint as ckpt
 from entropo import diagnostics as diag
-from entropo import models, ops, registry, runlock
+from entropo import models, ops, recipe_diff, registry, runlock
 from entropo.batch import Batch
-from entropo.config import ConfigError, Recipe, check_components, dump_recipe
+from entropo.config import ConfigError, Recipe, check_components
 from entropo.logging import MetricsLogger, Progress
 from entropo.components import Bound, StepContext, merged_token_fns
 from entropo.rewards.runner import RewardRunner
@@ -352,7 +352,7 @@ def train(recipe: Recipe, *, run_dir: str | Path | None = None, resume: bool = F
         raise FileExistsError(f"{out_dir} already holds a run; pass --resume to continue it or choose another "
                               f"--run-dir / logging.run_name")
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "recipe.yaml").write_text(dump_recipe(recipe))
+    recipe_diff.check_and_write(out_dir, recipe, saved, latest, console)  # refuses a resume that changes the run
 
     # ---- set-up: model, task, engine, rewards, components, optimizer, state ----
     seed_everything(recipe.seed)
