@@ -130,6 +130,9 @@ class TrainConfig(_Section):
             raise ValueError("must be >= 1 or 'auto'")
         return v
     grad_clip: float | None = Field(1.0, description="Max global grad norm (None = no clipping).")
+    max_nonfinite_steps: int = Field(
+        3, ge=1, description="An optimizer update whose loss or gradient norm is NaN/inf is skipped (metric "
+        "actor/nonfinite_skipped); after this many skipped updates in a row the run stops with an error.")
     logprob_chunk_size: int = Field(1024, ge=1, description="Tokens per chunk in the log-prob/entropy pass.")
     activation_checkpointing: bool = Field(
         False, description="Recompute each decoder layer's activations in the backward pass instead of keeping them: "

@@ -29,7 +29,7 @@ import torch
 
 from entropo import checkpoint as ckpt
 from entropo import diagnostics as diag
-from entropo import models, ops, recipe_diff, registry, runlock
+from entropo import guards, models, ops, recipe_diff, registry, runlock
 from entropo.batch import Batch
 from entropo.config import ConfigError, Recipe, check_components
 from entropo.logging import MetricsLogger, Progress
@@ -244,7 +244,7 @@ def policy_update(model, optimizer, scheduler, batch: Batch, recipe: Recipe, obj
     """PPO-style epochs x mini-batches over one rollout batch; returns token-weighted mean metrics."""
     params = [p for p in model.parameters() if p.requires_grad]
     sums: dict[str, float] = {}
-    count = 0
+    count = skipped = 0
     for _epoch in range(recipe.train.ppo_epochs):
         order = torch.randperm(batch.size, generator=generator)
         for rows in order.chunk(recipe.train.mini_batches):
@@ -255,7 +255,12 @@ def policy_update(model, optimizer, scheduler, batch: Batch, recipe: Recipe, obj
                 continue
             clip = recipe.train.grad_clip
             grad_norm = torch.nn.utils.clip_grad_norm_(params, clip if clip is not None else float("inf"))
+            if not guards.update_is_finite(optimizer, metrics.get("actor/loss"), grad_norm,
+                                           recipe.train.max_nonfinite_steps):
+                skipped += 1  # a NaN/inf loss or gradient: no step (see entropo/guards.py)
+                continue
             optimizer.step()
+            guards.check_weights(model, "after an optimizer update")
             scheduler.step()
             metrics["actor/grad_norm"] = float(grad_norm)
             for k, v in metrics.items():
@@ -264,6 +269,7 @@ def policy_update(model, optimizer, scheduler, batch: Batch, recipe: Recipe, obj
     out = {k: v / count for k, v in sums.items()} if count else {}
     out["actor/lr"] = scheduler.get_last_lr()[0]
     out["actor/optimizer_steps"] = count
+    out["actor/nonfinite_skipped"] = skipped
     return out
 
 
@@ -610,6 +616,7 @@ def train(recipe: Recipe, *, run_dir: str | Path | None = None, resume: bool = F
 
 def save_checkpoint(out_dir, recipe, model, optimizer, scheduler, sampler, rollout_gen, update_gen, regs, components,
                     engine, state):
+    guards.check_weights(model, f"checkpoint of step {state.step}")  # never save non-finite weights
     payload = {
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
