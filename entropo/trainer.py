@@ -29,7 +29,7 @@ import torch
 
 from entropo import checkpoint as ckpt
 from entropo import diagnostics as diag
-from entropo import guards, models, ops, recipe_diff, registry, runlock
+from entropo import guards, models, ops, preflight, recipe_diff, registry, runlock
 from entropo.batch import Batch
 from entropo.config import ConfigError, Recipe, check_components
 from entropo.logging import MetricsLogger, Progress
@@ -382,6 +382,7 @@ def train(recipe: Recipe, *, run_dir: str | Path | None = None, resume: bool = F
     engine = registry.get("engine", recipe.rollout.engine)(model, tokenizer, chat_template=recipe.rollout.chat_template,
                                                            max_batch_size=recipe.rollout.max_batch_size,
                                                            **recipe.rollout.engine_params)
+    preflight.check_prompt_lengths(engine, task, eval_examples, recipe.rollout.max_new_tokens)
     if recipe.train.micro_batch_size == "auto":
         recipe = resolve_auto_micro_batch(recipe, model, engine, task)
         console(f"train.micro_batch_size=auto -> {recipe.train.micro_batch_size} rows "
