@@ -387,7 +387,8 @@ def train(recipe: Recipe, *, run_dir: str | Path | None = None, resume: bool = F
         recipe = resolve_auto_micro_batch(recipe, model, engine, task)
         console(f"train.micro_batch_size=auto -> {recipe.train.micro_batch_size} rows "
                 f"(activation budget {recipe.train.activation_memory_mb:.0f} MB)")
-    rewards = RewardRunner([r.model_dump() for r in recipe.rewards], timeout_s=recipe.reward_timeout_s)
+    rewards = RewardRunner([r.model_dump() for r in recipe.rewards], timeout_s=recipe.reward_timeout_s,
+                           isolation=recipe.reward_isolation, budget_s=recipe.reward_budget_s)
     advantage = Bound("advantage", recipe.advantage.name, recipe.advantage.params)
     objective = Bound("objective", recipe.objective.name, recipe.objective.params)
     shapers = [Bound("shaping", c.name, c.params) for c in recipe.shaping]
@@ -584,6 +585,7 @@ def train(recipe: Recipe, *, run_dir: str | Path | None = None, resume: bool = F
             "time/update_tokens_per_s": train_tokens / t_update if t_update else 0.0,
             "peak_mem_mb": peak_memory_mb(),
         })
+        metrics.update(rewards.end_step())  # reward/budget_exhausted (with reward_budget_s); budgets renew per step
         if "entropy/mean" in metrics and not math.isnan(metrics["accuracy"]):
             state.history.append({"entropy": metrics["entropy/mean"], "accuracy": metrics["accuracy"]})
         logger.log(step, metrics)
@@ -612,6 +614,7 @@ def train(recipe: Recipe, *, run_dir: str | Path | None = None, resume: bool = F
 
             summary["plots"] = [str(p) for p in plot_run(out_dir)]
     logger.close()
+    rewards.close()
     return summary
 
 
