@@ -42,6 +42,10 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be written or trusted, with the path and what to do."""
 
 
+class UnsafeCheckpointError(CheckpointError):
+    """A checkpoint holding pickled objects other than tensors and plain data: refused, never skipped."""
+
+
 # ---- RNG state as plain data -------------------------------------------------------------------------------------
 
 def rng_state() -> dict[str, Any]:
@@ -317,7 +321,7 @@ def load(path: str | Path) -> dict[str, Any]:
         if "Unsupported global" not in text and "Unsupported operand" not in text:
             raise CheckpointError(f"{f} is corrupted ({text.splitlines()[0][:160]})") from None
         detail = text.split("WeightsUnpickler error:")[-1].strip().splitlines()[0].split(". Please")[0]
-        raise CheckpointError(
+        raise UnsafeCheckpointError(
             f"refusing to load {f}: it holds pickled objects other than tensors and plain data ({detail[:160]}). "
             f"entropo never writes those, so the file was made or altered by something else; nothing in it was run. "
             f"Delete that checkpoint (or the run) if you do not trust its source.") from None
@@ -336,9 +340,9 @@ def resume_point(run_dir: str | Path, warn: Callable[[str], None] = print) -> tu
         if why is None:
             try:
                 return p, load(p)
+            except UnsafeCheckpointError:
+                raise
             except CheckpointError as e:
-                if "refusing to load" in str(e):
-                    raise
                 why = str(e)
         warn(f"warning: skipping checkpoint {p}: {why}")
     return None, None
