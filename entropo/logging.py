@@ -80,17 +80,24 @@ class MetricsLogger:
                 warnings.warn("logging.mlflow=true but mlflow is not installed: pip install mlflow")
 
     def truncate_after(self, step: int) -> None:
-        """Drop lines logged after ``step`` (they belong to steps a resumed run will redo)."""
+        """Drop lines logged after ``step`` (they belong to steps a resumed run will redo), and torn lines."""
+        if not self.path.exists():
+            return
         rows = [r for r in read_metrics(self.run_dir) if r.get("step", -1) <= step]
         atomic_write_bytes(self.path, "".join(json.dumps(r) + "\n" for r in rows).encode())
 
     def log(self, step: int, metrics: dict[str, Any]) -> None:
         record = {"step": step, **{k: _clean(v) for k, v in metrics.items()}}
         line = json.dumps(record) + "\n"
-        with open(self.path, "a") as f:
-            f.write(line)
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            with open(self.path, "a") as f:
+                f.write(line)
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as e:  # e.g. disk full: name the file (a bare write error names none)
+            if e.filename is None:
+                raise OSError(e.errno, e.strerror, str(self.path)) from e
+            raise
         numeric = {k: v for k, v in record.items() if isinstance(v, (int, float)) and k != "step"}
         if self._tb is not None:
             for k, v in numeric.items():

@@ -34,9 +34,9 @@ from torch import Tensor
 
 from entropo import checkpoint as ckpt
 from entropo import diagnostics as diag
-from entropo import models, ops, registry
+from entropo import guards, models, ops, preflight, recipe_diff, registry, runlock
 from entropo.batch import Batch
-from entropo.config import ConfigError, Recipe, check_components, dump_recipe
+from entropo.config import ConfigError, Recipe, check_components
 from entropo.logging import MetricsLogger, Progress
 from entropo.components import Bound, StepContext, merged_token_fns
 from entropo.rewards.runner import RewardRunner
@@ -264,7 +264,7 @@ def policy_update(model, optimizer, scheduler, batch: Batch, recipe: Recipe, obj
     """PPO-style epochs x mini-batches over one rollout batch; returns token-weighted mean metrics."""
     params = [p for p in model.parameters() if p.requires_grad]
     sums: dict[str, float] = {}
-    count = 0
+    count = skipped = 0
     for _epoch in range(recipe.train.ppo_epochs):
         order = torch.randperm(batch.size, generator=generator)
         for rows in order.chunk(recipe.train.mini_batches):
@@ -275,7 +275,12 @@ def policy_update(model, optimizer, scheduler, batch: Batch, recipe: Recipe, obj
                 continue
             clip = recipe.train.grad_clip
             grad_norm = torch.nn.utils.clip_grad_norm_(params, clip if clip is not None else float("inf"))
+            if not guards.update_is_finite(optimizer, metrics.get("actor/loss"), grad_norm,
+                                           recipe.train.max_nonfinite_steps):
+                skipped += 1  # a NaN/inf loss or gradient: no step (see entropo/guards.py)
+                continue
             optimizer.step()
+            guards.check_weights(model, "after an optimizer update")
             scheduler.step()
             metrics["actor/grad_norm"] = float(grad_norm)
             for k, v in metrics.items():
@@ -284,6 +289,7 @@ def policy_update(model, optimizer, scheduler, batch: Batch, recipe: Recipe, obj
     out = {k: v / count for k, v in sums.items()} if count else {}
     out["actor/lr"] = scheduler.get_last_lr()[0]
     out["actor/optimizer_steps"] = count
+    out["actor/nonfinite_skipped"] = skipped
     return out
 
 
@@ -439,6 +445,7 @@ class Run:
                            device=self.device, sample=self.sample, score=lambda batch: score_phase(self, batch))
 
 
+@runlock.holding_run_dir(lambda recipe, run_dir=None, **_: run_dir_for(recipe, run_dir))  # one run per run dir
 def train(recipe: Recipe, *, run_dir: str | Path | None = None, resume: bool = False,
           stop_after: int | None = None, console: Callable[[str], None] = print) -> dict[str, Any]:
     """Run a recipe end to end. ``stop_after`` ends the process-local loop early (to test resume)."""
@@ -475,14 +482,15 @@ def setup(recipe: Recipe, run_dir: str | Path | None, resume: bool, console: Cal
     """Build (or restore from the latest checkpoint) everything the loop needs."""
     check_components(recipe)
     out_dir = run_dir_for(recipe, run_dir)
-    latest = ckpt.latest(out_dir) if resume else None
+    ckpt.remove_stale_tmp(out_dir)
+    latest, saved = ckpt.resume_point(out_dir, warn=console) if resume else (None, None)  # newest that verifies
     if resume and latest is None:
         console(f"--resume: no checkpoint in {out_dir}; starting from scratch")
     if not resume and (out_dir / "metrics.jsonl").exists():
         raise FileExistsError(f"{out_dir} already holds a run; pass --resume to continue it or choose another "
                               f"--run-dir / logging.run_name")
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "recipe.yaml").write_text(dump_recipe(recipe))
+    recipe_diff.check_and_write(out_dir, recipe, saved, latest, console)  # refuses a resume that changes the run
 
     seed_everything(recipe.seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -491,6 +499,9 @@ def setup(recipe: Recipe, run_dir: str | Path | None, resume: bool, console: Cal
     engine = registry.get("engine", recipe.rollout.engine)(model, tokenizer, chat_template=recipe.rollout.chat_template,
                                                            max_batch_size=recipe.rollout.max_batch_size,
                                                            **recipe.rollout.engine_params)
+    eval_examples = task.eval_examples()[: recipe.eval.max_prompts]
+    preflight.check_prompt_lengths(engine, task, eval_examples,
+                                   recipe.rollout.max_episode_tokens or recipe.rollout.max_new_tokens)
     if recipe.train.micro_batch_size == "auto":
         recipe = resolve_auto_micro_batch(recipe, model, engine, task)
         console(f"train.micro_batch_size=auto -> {recipe.train.micro_batch_size} rows "
@@ -507,9 +518,10 @@ def setup(recipe: Recipe, run_dir: str | Path | None, resume: bool, console: Cal
     total_opt_steps = recipe.train.steps * recipe.train.ppo_epochs * recipe.train.mini_batches
     run = Run(
         recipe=recipe, out_dir=out_dir, device=device, model=model, tokenizer=tokenizer, task=task,
-        eval_examples=task.eval_examples()[: recipe.eval.max_prompts], engine=engine,
+        eval_examples=eval_examples, engine=engine,
         environment=make_environment(recipe),
-        rewards=RewardRunner([r.model_dump() for r in recipe.rewards], timeout_s=recipe.reward_timeout_s),
+        rewards=RewardRunner([r.model_dump() for r in recipe.rewards], timeout_s=recipe.reward_timeout_s,
+                             isolation=recipe.reward_isolation, budget_s=recipe.reward_budget_s),
         advantage=advantage, objective=objective, shapers=shapers, selectors=selectors, regs=regs,
         components=components, sampler=registry.get("sampler", recipe.sampler.name)(task, recipe.seed,
                                                                                     **recipe.sampler.params),
@@ -523,7 +535,7 @@ def setup(recipe: Recipe, run_dir: str | Path | None, resume: bool, console: Cal
         old_token_fns=merged_token_fns(components, "old_token_fns"),
     )
     if latest is not None:
-        restore_checkpoint(run, latest)
+        restore_checkpoint(run, saved)
         console(f"resumed from {latest} (step {run.state.step})")
     else:
         if recipe.warmup.steps > 0:
@@ -535,6 +547,7 @@ def setup(recipe: Recipe, run_dir: str | Path | None, resume: bool, console: Cal
                           environment=run.environment)
             console(f"SFT warm-up: {recipe.warmup.steps} steps, final loss {info['loss']:.3f}, {info['time']:.1f} s")
         run.state.eval_start = evaluate(engine, task, run.eval_examples, recipe, recipe.seed + 3, run.environment)
+    run.logger.truncate_after(run.state.step - 1)  # drop rows of steps this run will (re)do: each step is logged once
     run.ref_model = load_reference_model(run, fresh=latest is None)
     return run
 
@@ -734,6 +747,7 @@ def finish_step(run: Run, step: int, metrics: dict[str, Any], t_step: float) -> 
         metrics.update({f"eval/{k}": v for k, v in evaluate(run.engine, run.task, run.eval_examples, recipe,
                                                              recipe.seed + 3, run.environment).items()})
     metrics.update({"time/step_s": time.perf_counter() - t_step, "peak_mem_mb": peak_memory_mb()})
+    metrics.update(run.rewards.end_step())  # reward/budget_exhausted (with reward_budget_s); budgets renew per step
     if "entropy/mean" in metrics and not math.isnan(metrics["accuracy"]):
         state.history.append({"entropy": metrics["entropy/mean"], "accuracy": metrics["accuracy"]})
     run.logger.log(step, metrics)
@@ -764,13 +778,14 @@ def finish_run(run: Run) -> dict[str, Any]:
 
             summary["plots"] = [str(p) for p in plot_run(run.out_dir)]
     run.logger.close()
+    run.rewards.close()
     return summary
 
 
 # ---- checkpoints -----------------------------------------------------------------------------------------------------
 
-def restore_checkpoint(run: Run, path: Path) -> None:
-    saved = ckpt.load(path)
+def restore_checkpoint(run: Run, saved: dict[str, Any]) -> None:
+    """Load a verified checkpoint payload (``ckpt.resume_point``) into the run's objects."""
     run.model.load_state_dict(saved["model"])
     run.optimizer.load_state_dict(saved["optimizer"])
     run.scheduler.load_state_dict(saved["scheduler"])
@@ -785,10 +800,10 @@ def restore_checkpoint(run: Run, path: Path) -> None:
     run.engine.load_state_dict(saved.get("engine", {}))
     run.state = RunState(**saved["run_state"])
     ckpt.set_rng_state(saved["rng"])
-    run.logger.truncate_after(run.state.step - 1)
 
 
 def save_checkpoint(run: Run) -> Path:
+    guards.check_weights(run.model, f"checkpoint of step {run.state.step}")  # never save non-finite weights
     payload = {
         "model": run.model.state_dict(),
         "optimizer": run.optimizer.state_dict(),

@@ -21,7 +21,7 @@ straddles a window boundary is missed (it still ends at EOS or the budget).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
 
 import torch
@@ -29,7 +29,7 @@ import torch
 from entropo.envs.base import EnvFactory, require_single_turn
 from entropo.registry import register
 from entropo.rollout.hf import HFEngine, check_sampling_args, default_generator
-from entropo.types import RolloutOutput
+from entropo.types import Example, RolloutOutput
 
 
 @dataclass
@@ -138,8 +138,14 @@ class HFWindowEngine(HFEngine):
         return out
 
     def state_dict(self) -> dict[str, Any]:
-        return {"carried": [vars(r).copy() for r in self.carried], "next_group": self.next_group}
+        # plain data only (checkpoints load with weights_only=True): an Example payload becomes a tagged dict
+        carried = [{**vars(r), "payload": {"example": asdict(r.payload)} if isinstance(r.payload, Example)
+                    else r.payload} for r in self.carried]
+        return {"carried": carried, "next_group": self.next_group}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.carried = [CarriedRow(**r) for r in state.get("carried", [])]
+        def payload(p: Any) -> Any:
+            return Example(**p["example"]) if isinstance(p, dict) and set(p) == {"example"} else p
+
+        self.carried = [CarriedRow(**{**r, "payload": payload(r["payload"])}) for r in state.get("carried", [])]
         self.next_group = int(state.get("next_group", 0))

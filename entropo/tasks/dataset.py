@@ -17,6 +17,7 @@ completion equals the answer numerically.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import random
@@ -43,7 +44,64 @@ def _load_rows(path: str, fmt: str | None, cache_dir: str | None):
         raise ValueError(f"dataset: format must be json, parquet or csv, got {fmt!r}")
     if not os.path.exists(path):
         raise FileNotFoundError(f"dataset: file not found: {path!r} (set task.params.path)")
-    return load_dataset(fmt, data_files=path, split="train", cache_dir=cache_dir)
+    if os.path.getsize(path) == 0 or (fmt in ("json", "csv") and not _has_text(path)):
+        raise ValueError(f"dataset: {path!r} is empty (0 rows); set task.params.path to a file with at least 2 rows")
+    hf_log = logging.getLogger("datasets")
+    level = hf_log.level
+    hf_log.setLevel(logging.CRITICAL)  # a bad file is reported once, below, naming the line
+    try:
+        return load_dataset(fmt, data_files=path, split="train", cache_dir=cache_dir)
+    except Exception as e:  # noqa: BLE001 - HF reports "An error occurred while generating the dataset"
+        where = _first_bad_json_line(path) if fmt == "json" else None
+        if where is not None:
+            raise ValueError(f"dataset: {path!r}, {where}; fix or delete that line") from e
+        cause = e
+        while cause.__cause__ is not None:  # the root cause, not the wrapper
+            cause = cause.__cause__
+        text = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+        raise ValueError(f"dataset: cannot read {path!r} as {fmt}: {type(cause).__name__}: {text[:300]}") from e
+    finally:
+        hf_log.setLevel(level)
+
+
+def _has_text(path: str) -> bool:
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 16):
+            if chunk.strip():
+                return True
+    return False
+
+
+def _first_bad_json_line(path: str) -> str | None:
+    """'line N: not valid JSON (...)' for the first line of a JSON-lines file that does not parse as a JSON object,
+    or None (a whole-file JSON document, or no bad line found)."""
+    import json
+
+    with open(path, "rb") as f:
+        head = f.read(1 << 16).lstrip()
+    if head[:1] == b"[":  # one JSON document: report its first error
+        try:
+            with open(path, encoding="utf-8") as f:
+                json.load(f)
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            return f"line {getattr(e, 'lineno', '?')}: not valid JSON ({getattr(e, 'msg', e)})"
+        return None
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                value = json.loads(line.rstrip("\r\n"))
+            except json.JSONDecodeError as e:
+                return f"line {n}: not valid JSON ({e.msg} at column {e.colno})"
+            if not isinstance(value, dict):
+                return f"line {n}: expected a JSON object ({{\"prompt\": ..., \"answer\": ...}}), got {type(value).__name__}"
+    return None
+
+
+def row_location(path: str, row: int) -> str:
+    """Where a row is in its file, for messages: 'line N' of a .jsonl file (1-based), else 'row N' (0-based)."""
+    return f"line {row + 1}" if path.endswith(".jsonl") else f"row {row}"
 
 
 class DatasetTask:
@@ -138,6 +196,10 @@ def dataset(
                 f"Set task.params.{param} to one of them."
             )
     n = len(rows)
+    missing = next((i for i, v in enumerate(rows[prompt_column]) if v is None or v == "" or v == []), None)
+    if missing is not None:
+        raise ValueError(f"dataset: {path!r}, {row_location(path, missing)}: field {prompt_column!r} is empty or "
+                         f"missing; fill it in or delete that row")
     if n < 2:
         raise ValueError(f"dataset: {path!r} has {n} row(s); need at least 2 (one train, one eval)")
     if eval_fraction is None:
