@@ -39,6 +39,7 @@ class EpisodeInfo:
 
     num_turns: int = 0  # actions the policy took
     tool_calls: int = 0  # actions its environment counted as tool calls
+    tool_call_turns: list[int] = field(default_factory=list)  # which turns (0-based) were tool calls
     env_correct: bool | None = None  # the environment's own verdict on the outcome (None: it gave none)
     env_error: str | None = None  # the exception that ended the episode, if an environment step failed
     template_mismatch: int = 0  # positions where the ids differ from the chat template's encoding (0 = none)

@@ -14,6 +14,8 @@ import sys
 import time
 from pathlib import Path
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -207,7 +209,7 @@ def test_an_overflowing_update_stops_the_run_and_is_never_checkpointed(tmp_path)
     with torch.no_grad():
         next(model.parameters())[0] = float("inf")
     with pytest.raises(NonFiniteError, match="checkpoint of step 1"):
-        save_checkpoint(tmp_path, None, model, *[None] * 8, type("S", (), {"step": 1})())
+        save_checkpoint(SimpleNamespace(model=model, out_dir=tmp_path, state=SimpleNamespace(step=1)))
     assert not (tmp_path / "checkpoints").exists()
 
 

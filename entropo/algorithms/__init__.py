@@ -23,6 +23,7 @@ from entropo.algorithms import (  # noqa: F401
     ettrl,
     lp_reg,
     nft,
+    otc,
     riskpo,
     seed_grpo,
     siren,

@@ -17,8 +17,10 @@ ambiguities (spec (g)): the clip bound is relative to |A_i| (so the bias can nev
 k < 1); p̄ and L̄ are means over the eligible responses of the same group (group-level, not batch-level); the
 position is normalised by the mean length L̄, not by the std of p. A group with one eligible response gets bias 0.
 
-Inputs: correctness from ``batch.correct`` (the task verifier; reward > ``correct_threshold`` when
-absent); the first call is the first occurrence of one of ``call_markers`` in the decoded completion
+Inputs: correctness from ``batch.correct`` (the environment's or the task verifier's; reward > ``correct_threshold``
+when absent). In multi-turn episodes (``python_tool``, ``tools``) the first call is where the first tool-calling
+turn ends, counted in policy tokens (observation tokens excluded), from the engine's record of which turns called a
+tool (``EpisodeInfo.tool_call_turns``). In single responses with inline calls the first call is the first occurrence of one of ``call_markers`` in the decoded completion
 (``entropo.rewards.tool_efficiency.first_tool_call``), converted to a token position by tokenizing the text before
 it with the run's tokenizer (``step_ctx``), or — without a tokenizer — by scaling the character offset to the
 response's token count. A_i is the mean advantage over the response's tokens (outcome estimators make it constant).
@@ -55,11 +57,28 @@ def aspo_bias(advantage: Tensor, first_call: Tensor, length: Tensor, eligible: T
     return torch.where(eligible, torch.maximum(torch.minimum(raw, bound), -bound), 0.0)
 
 
+def _episode_first_call(batch: Batch, row: int) -> float | None:
+    """Policy-token position where the first tool-calling turn of a multi-turn episode ends (the call is issued
+    there), or None when the row is not such an episode."""
+    samples = batch.info.get("sample")
+    episode = getattr(samples[row], "episode", None) if samples else None
+    if episode is None or not episode.tool_call_turns or batch.turn_ids is None:
+        return None
+    policy = batch.response_mask[row] > 0
+    return float((policy & (batch.turn_ids[row] <= episode.tool_call_turns[0])).sum())
+
+
 def _first_call_tokens(batch: Batch, markers: Sequence[str], tokenizer: Any | None) -> tuple[Tensor, Tensor]:
-    """(position [B] float, has_call [B] bool) of the first tool call in each completion, in tokens."""
+    """(position [B] float, has_call [B] bool) of the first tool call in each response, in policy tokens: from the
+    engine's record of tool-calling turns in multi-turn episodes, else from call markers in the completion text."""
     lengths = batch.response_lengths
     positions, has_call = [], []
     for row, text in enumerate(batch.info["completion"]):
+        in_episode = _episode_first_call(batch, row)
+        if in_episode is not None:
+            positions.append(in_episode)
+            has_call.append(True)
+            continue
         offset = first_tool_call(text, markers)
         has_call.append(offset is not None)
         if offset is None:

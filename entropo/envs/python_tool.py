@@ -94,7 +94,7 @@ class PythonTool(Environment):
         expr = example.meta.get("expr") if example.meta else None
         if expr is None or example.answer is None:
             return None
-        code = expr.replace(" ", "")
+        code = expr.replace(" ", "") + ("\n" if self.code_start.endswith("\n") else "")  # fences on their own lines
         return [
             {"role": "assistant", "content": f"{self.code_start}{code}{self.code_end}"},
             {"role": self.observation_role, "content": self.output_template.format(output=example.answer)},

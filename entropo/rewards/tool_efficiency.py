@@ -13,14 +13,16 @@ correctness (the task verifier, 0/1) and c a smoothness constant:
 No official code exists (spec §23); the formulas follow the paper's description. Resolutions: the product form
 α·r_tool·r_φ (a wrong answer earns 0), c = 1 and α = 1 by default (the paper's values were not recovered).
 
-Where the numbers come from (until the agents issue gives samples a tool-call count):
+Where the numbers come from:
 
-- m: ``sample.tool_calls`` when a rollout engine sets that attribute, else the number of occurrences of the
-  ``call_markers`` strings in the completion (default: ``<tool_call>``, ``<code>``, and fenced ```` ```python ````).
+- m: in a multi-turn episode, the number of turns its environment counted as tool calls (``sample.episode``, recorded
+  by the engine); in a single response with inline calls, the occurrences of the ``call_markers`` strings in the
+  completion (default: ``<tool_call>``, ``<code>``, and fenced ```` ```python ````).
 - n (``variant: grpo``): the ``optimal_calls`` param, else ``sample.example.meta[optimal_calls_key]`` (default key
   ``min_tool_calls``). The paper estimates n from the group's correct responses (tracked across epochs); a reward
-  function sees one sample, so the group estimate belongs to a group-level component — when n is unknown the
-  reward falls back to the OTC-PPO form (n treated as unknown, not as 0).
+  function sees one sample, so the group estimate is the reward-stage shaping ``otc_grpo``
+  (``entropo.algorithms.otc``); when n is unknown this reward falls back to the OTC-PPO form (n treated as unknown,
+  not as 0).
 """
 
 from __future__ import annotations
@@ -59,8 +61,11 @@ def otc_grpo_tool_reward(m: int, n: int, c: float = 1.0) -> float:
 
 
 def _tool_calls(sample: Sample, markers: Sequence[str]) -> int:
-    recorded = getattr(sample, "tool_calls", None)
-    return int(recorded) if recorded is not None else count_tool_calls(sample.completion, markers)
+    """m: the engine's count of tool-calling turns in a multi-turn episode, else call markers in the text."""
+    episode = getattr(sample, "episode", None)
+    if episode is not None and (episode.num_turns > 1 or episode.tool_calls):
+        return int(episode.tool_calls)
+    return count_tool_calls(sample.completion, markers)
 
 
 @register("reward", "otc", paper="Acting Less is Reasoning More (OTC, Optimal Tool Calls), arXiv 2504.14870")
@@ -71,7 +76,8 @@ def otc(sample: Sample, variant: str = "ppo", c: float = 1.0, alpha: float = 1.0
         raise ValueError(f"otc: variant must be 'ppo' or 'grpo', got {variant!r}")
     if sample.task is None:
         raise ValueError("otc needs sample.task (its verifier decides correctness)")
-    if not sample.task.correct(sample.completion, sample.example):
+    verdict = sample.episode.env_correct if getattr(sample, "episode", None) is not None else None
+    if not (verdict if verdict is not None else sample.task.correct(sample.completion, sample.example)):
         return 0.0
     m = _tool_calls(sample, call_markers)
     n = optimal_calls if optimal_calls is not None else sample.example.meta.get(optimal_calls_key)

@@ -23,10 +23,13 @@ def _need_task(sample: Sample, reward: str):
 
 @register("reward", "correct", description="task verifier: correct_value if correct else wrong_value (DAPO: +1/-1)")
 def correct(sample: Sample, correct_value: float = 1.0, wrong_value: float = 0.0) -> float:
-    """``correct_value`` if ``sample.task.correct(completion, example)`` else ``wrong_value``. DAPO (arXiv
-    2503.14476) uses ``correct_value=1, wrong_value=-1``."""
-    task = _need_task(sample, "correct")
-    return float(correct_value) if task.correct(sample.completion, sample.example) else float(wrong_value)
+    """``correct_value`` if the outcome is correct else ``wrong_value``: the environment's verdict when its episode
+    gave one (``sample.episode.env_correct``), else ``sample.task.correct(completion, example)`` on the final action.
+    DAPO (arXiv 2503.14476) uses ``correct_value=1, wrong_value=-1``."""
+    verdict = sample.episode.env_correct if sample.episode is not None else None
+    if verdict is None:
+        verdict = _need_task(sample, "correct").correct(sample.completion, sample.example)
+    return float(correct_value) if verdict else float(wrong_value)
 
 
 @register("reward", "task_score", description="the task's graded score (reasoning-gym score_answer) or its verifier")

@@ -131,7 +131,9 @@ def run_episodes(
                     continue
                 if last_token >= 0:
                     ep.turn_rewards.append((last_token, float(result.reward)))
-                ep.info.tool_calls += int(bool(result.tool_call))
+                if result.tool_call:
+                    ep.info.tool_calls += 1
+                    ep.info.tool_call_turns.append(turn)
                 if result.info:
                     ep.info.info.update(result.info)
                 if result.correct is not None:
