@@ -397,3 +397,50 @@ def test_bad_environment_import_path_is_one_clear_error(tiny_recipe_overrides):
 
     with pytest.raises(ConfigError, match=r"environment\.name: .*no module named 'nowhere_pkg\.envs' \(package 'nowhere_pkg' not found\)"):
         load_recipe(None, tiny_recipe_overrides + ["environment={name: 'nowhere_pkg.envs:Inventory'}"])
+
+
+def test_readme_agents_example_runs(tmp_path, monkeypatch):
+    """The README's 'Agents and tools' environment example, run as written (with a few small steps added)."""
+    import re
+    import sys
+
+    import entropo
+
+    section = (Path(__file__).parent.parent / "README.md").read_text().split("## Agents and tools", 1)[1]
+    section = section.split("\n## ", 1)[0]
+    module_src, script = re.findall(r"```python\n(.*?)```", section, re.S)[:2]
+    name = re.match(r"# (\w+)\.py\n", module_src).group(1)
+    (tmp_path / f"{name}.py").write_text(module_src)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    sys.modules.pop(name, None)
+    real_train = entropo.train
+    fast = ["warmup.steps=5", "rollout.prompts_per_step=2", "rollout.n=4", "task.eval_size=4",
+            "logging.progress=false", "logging.plots=false", "logging.tensorboard=false", "checkpoint.every=0"]
+    seen = {}
+
+    def small(recipe, overrides=(), **kw):
+        seen["summary"] = real_train(recipe, [*overrides, *fast, "train.steps=3"], console=None, **kw)
+        return seen["summary"]
+
+    monkeypatch.setattr(entropo, "train", small)
+    exec(compile(script, "README.md", "exec"), {"__name__": "__main__"})
+    summary = seen["summary"]
+    assert 1.0 <= summary["eval_end"]["turns_mean"] <= 3.0 and summary["steps"] == 3
+    rows = [r for r in read_metrics(Path(summary["run_dir"])) if not r.get("final")]
+    assert all(r["episode/env_errors"] == 0 and r["episode/turns_mean"] > 1.0 for r in rows)
+
+
+class _ResetFails(Scripted):
+    def reset(self, example, seed):
+        if seed % 2:
+            raise OSError("no database")
+        return super().reset(example, seed)
+
+
+def test_failing_reset_ends_that_episode_before_any_action(tiny_world):
+    model, tok = tiny_world
+    _, out = _play(model, tok, EnvFactory(_ResetFails), [[{"role": "user", "content": "1="}]], n=4)
+    assert out.finish_reasons[1::2] == ["env_error", "env_error"] and out.num_tokens[1::2] == [0, 0]
+    assert out.episodes[1].env_error == "OSError in reset: no database"
+    assert [e.num_turns for e in out.episodes[0::2]] == [3, 3]  # the others played on

@@ -99,12 +99,16 @@ def run_episodes(
     for env, example, seed in zip(envs, examples, seeds):
         max_turns = limits.max_turns if limits.max_turns is not None else int(getattr(env, "max_turns", 1))
         try:
-            first = env.reset(example, int(seed))
-        except Exception as e:
-            raise RuntimeError(f"{type(env).__name__}.reset failed on prompt {example.prompt!r}: {e}") from e
+            first, error = env.reset(example, int(seed)), None
+        except Exception as e:  # the episode ends before its first action; the run goes on
+            first, error = example.prompt, f"{type(e).__name__} in reset: {e}"
+            log.warning("environment %s failed to reset: %s", type(env).__name__, e)
         ep = _Episode(env=env, example=example, prompt_ids=chat.prompt_ids(first), templated=chat.uses_template(first),
                       max_turns=max(1, max_turns), messages=chat.as_messages(first) if chat.uses_template(first) else [])
         episodes.append(ep)
+        if error is not None:
+            ep.info.env_error = error
+            _finish(ep, "env_error")
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         turn = 0

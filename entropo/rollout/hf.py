@@ -1,5 +1,9 @@
 """The embedded rollout engine: batched sampling from a Hugging Face causal LM with a KV cache.
 
+``generate``/``rollout`` play episodes through ``entropo.rollout.episodes.run_episodes`` (one turn for single-turn
+tasks; several against an environment), sampling every turn of the episodes still running in micro-batches of
+``max_batch_size`` rows from token-id contexts (token in, token out).
+
 ``HFEngine.generate`` runs its own decoding loop rather than ``model.generate`` so that
   - all randomness comes from the ``torch.Generator`` passed in (deterministic and resumable; the global RNG is
     never touched);
@@ -123,6 +127,7 @@ class HFEngine:
     can still reuse them (``train.old_logprobs``), unlike ``min_new_tokens``.
     ``share_prompt_prefill`` prefills each distinct prompt of a micro-batch once and copies its KV cache to the rows
     that sample from it (a group of n samples costs one prefill instead of n).
+    ``env_workers`` bounds how many environment steps (tool calls) of different episodes run at once.
     """
 
     def __init__(self, model, tokenizer, *, chat_template: str | bool = "auto", max_batch_size: int = 64,
