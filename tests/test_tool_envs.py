@@ -146,3 +146,25 @@ def test_demonstration_is_laid_out_like_a_sampled_episode():
     assert out.input_ids[0][live].tolist() == ids
     assert out.response_mask[0][live].tolist() == mask
     assert out.episodes[0].tool_calls == 1 and out.completions == ["408"]
+
+
+def test_sql_tool_reads_and_refuses_writes(tmp_path):
+    import sqlite3
+
+    from entropo.envs.sql_tool import SQLTool
+
+    db = tmp_path / "shop.sqlite"
+    with sqlite3.connect(db) as con:
+        con.execute("CREATE TABLE items (name TEXT, price INTEGER)")
+        con.executemany("INSERT INTO items VALUES (?, ?)", [("pen", 2), ("book", 12)])
+    before = db.read_bytes()
+    env = SQLTool(database=str(tmp_path / "{db}.sqlite"), timeout_s=2.0)
+    env.reset(Example(prompt="Most expensive item?", meta={"db": "shop"}), 0)
+    rows = env.step("```sql\nSELECT name FROM items ORDER BY price DESC LIMIT 1\n```")
+    assert rows.tool_call and "book" in rows.observation and "pen" not in rows.observation
+    refused = env.step("```sql\nDROP TABLE items\n```")
+    assert refused.tool_call and "not allowed" in refused.observation and refused.info["tool_errors"] == 1
+    assert env.step("The answer is book.").done
+    assert db.read_bytes() == before
+    with pytest.raises(FileNotFoundError, match="environment.params.database"):
+        env.reset(Example(prompt="q", meta={"db": "missing"}), 0)
