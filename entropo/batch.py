@@ -16,6 +16,7 @@ from torch import Tensor
 
 
 TENSOR_DICTS = ("extras", "reward_terms")  # fields holding {name: per-row tensor}, sliced with the rows
+ZERO_WHEN_ABSENT = ("token_rewards",)  # None means all zeros: batches with and without them concatenate
 
 
 @dataclass
@@ -118,6 +119,9 @@ class Batch:
                 kw[f.name] = {k: _cat_padded([v[k] for v in vals], width) for k in vals[0]}
             elif all(v is None for v in vals):
                 kw[f.name] = None
+            elif any(v is None for v in vals) and f.name in ZERO_WHEN_ABSENT:
+                kw[f.name] = _cat_padded([v if v is not None else torch.zeros_like(b.response_mask)
+                                          for v, b in zip(vals, batches)], width)
             elif any(v is None for v in vals):
                 raise ValueError(f"cannot concat batches: field {f.name!r} is set in some batches and None in others")
             else:

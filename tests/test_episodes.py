@@ -444,3 +444,11 @@ def test_failing_reset_ends_that_episode_before_any_action(tiny_world):
     assert out.finish_reasons[1::2] == ["env_error", "env_error"] and out.num_tokens[1::2] == [0, 0]
     assert out.episodes[1].env_error == "OSError in reset: no database"
     assert [e.num_turns for e in out.episodes[0::2]] == [3, 3]  # the others played on
+
+
+def test_batches_with_and_without_turn_rewards_concatenate():
+    a = _turn_batch()
+    b = _turn_batch()
+    b.token_rewards = None  # e.g. a refill round whose episodes earned no turn reward
+    both = Batch.concat([a, b])
+    assert torch.equal(both.token_rewards[:2], a.token_rewards) and torch.all(both.token_rewards[2:] == 0)
