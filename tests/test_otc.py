@@ -13,7 +13,7 @@ from entropo.rewards.tool_efficiency import (
     otc_grpo_tool_reward,
     otc_ppo_tool_reward,
 )
-from entropo.types import Example, Sample
+from entropo.types import EpisodeInfo, Example, Sample
 
 
 class ExactTask:
@@ -65,10 +65,8 @@ def test_reward_grpo_reads_optimal_calls_from_param_or_meta():
         otc(_sample(one_call), variant="nope")
 
 
-def test_reward_prefers_recorded_tool_call_count():
-    @dataclass
-    class AgentSample(Sample):
-        tool_calls: int = 0
-
-    s = AgentSample(completion="7", example=Example(prompt="p", answer="7"), task=ExactTask(), tool_calls=3)
+def test_reward_prefers_the_engines_tool_call_count():
+    """In a multi-turn episode m is the engine's count of tool-calling turns, not markers in the final text."""
+    s = Sample(completion="7", example=Example(prompt="p", answer="7"), task=ExactTask(),
+               episode=EpisodeInfo(num_turns=4, tool_calls=3))
     assert otc(s) == pytest.approx(math.cos(3 * math.pi / 7))
