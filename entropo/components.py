@@ -27,6 +27,10 @@ trainer:
   functionals of the current policy's full distribution, computed chunk by chunk in the training forward pass
   (differentiable). ``old_token_fns`` is the same for the no-grad scoring pass of the policy before the update;
   its outputs are stored in ``batch.extras``.
+- ``auxiliaries() -> [Auxiliary]`` (a method on a class component): learned models beside the policy (``gae``'s
+  critic; later a process reward model). The component reads them (e.g. values for its advantages); the trainer
+  fits each one in its own slot of the update phase (``Auxiliary.fit``, before the policy's optimizer steps, on the
+  batch whose advantages just used it) and checkpoints its ``state_dict`` (weights and optimizer state).
 - ``update(metrics)`` on a class component: called after every step with that step's metrics.
 """
 
@@ -34,7 +38,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass, field, fields
-from typing import Any, Callable
+from typing import Any, Callable, Protocol, runtime_checkable
 
 import torch
 
@@ -81,6 +85,24 @@ class Produced:
     metrics: dict[str, float] = field(default_factory=dict)
 
 
+@runtime_checkable
+class Auxiliary(Protocol):
+    """A learned model beside the policy, trained in the update phase's auxiliary slot (``gae``'s value critic).
+
+    ``fit`` runs once per step, after the advantages that read the model were computed and before the policy's
+    optimizer steps (so the features it reads are those of the policy that produced the advantages); it returns
+    metrics, logged as ``aux/<name>/<key>``. ``state_dict`` must hold everything a resume needs: weights and the
+    optimizer state."""
+
+    name: str
+
+    def fit(self, batch: Batch, step_ctx: StepContext) -> dict[str, float]: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
 class Bound:
     """A registered component with its params bound."""
 
@@ -122,6 +144,10 @@ class Bound:
     def token_fns(self, which: str = "token_fns") -> dict[str, Callable[..., torch.Tensor]]:
         hook, kw = self._hook(which)
         return hook(**kw) if hook is not None else {}
+
+    def auxiliaries(self) -> list[Auxiliary]:
+        hook, kw = self._hook("auxiliaries")
+        return list(hook(**kw)) if hook is not None else []
 
     def update(self, metrics: dict[str, Any]) -> None:
         if self.instance is not None and callable(getattr(self.instance, "update", None)):

@@ -13,9 +13,10 @@ this file never branches on a method name. One RL step:
   3. ``advantage_phase``: reward-stage shaping, the advantage estimator (on the rows without a producer's fixed
      advantage), advantage-stage shaping, then each objective/regularizer's whole-batch ``prepare`` hook (batch-level
      token selection; entropo/components.py);
-  4. ``update_phase``: ``ppo_epochs`` x ``mini_batches`` optimizer steps, each accumulating gradients over
-     micro-batches with the aggregation's denominators taken over the whole mini-batch (accumulation = one big batch);
-     then the engine's ``after_update`` hook (an out-of-process engine syncs weights there);
+  4. ``update_phase``: the auxiliary slot first (learned auxiliaries such as ``gae``'s critic are fitted on the batch
+     whose advantages they just served), then ``ppo_epochs`` x ``mini_batches`` optimizer steps, each accumulating
+     gradients over micro-batches with the aggregation's denominators taken over the whole mini-batch (accumulation =
+     one big batch); then the engine's ``after_update`` hook (an out-of-process engine syncs weights there);
   5. ``finish_step``: diagnostics, controllers, periodic held-out eval, metrics.jsonl/TensorBoard, checkpoint.
 See docs/architecture.md for the data flow.
 """
@@ -40,7 +41,7 @@ from entropo import models, ops, registry
 from entropo.batch import Batch
 from entropo.config import ConfigError, Recipe, check_components, dump_recipe
 from entropo.logging import MetricsLogger, Progress
-from entropo.components import Bound, Produced, RolloutContext, StepContext, merged_token_fns
+from entropo.components import Auxiliary, Bound, Produced, RolloutContext, StepContext, merged_token_fns
 from entropo.rewards.runner import RewardRunner
 from entropo.samplers import PromptSampler  # noqa: F401  (re-exported: the default sampler)
 from entropo.envs.base import EnvFactory
@@ -425,6 +426,7 @@ class Run:
     producers: list[Bound]
     regs: list[Regularizer]
     components: list[Bound]
+    auxiliaries: list[Auxiliary]
     sampler: Any
     rollout_gen: torch.Generator
     update_gen: torch.Generator
@@ -470,7 +472,7 @@ def train(recipe: Recipe, *, run_dir: str | Path | None = None, resume: bool = F
         if batch is not None:
             metrics["time/score_s"] = timed(score_phase, run, batch)
             metrics.update(advantage_phase(run, batch, ctx))
-            metrics.update(update_phase(run, batch))
+            metrics.update(update_phase(run, batch, ctx))
             metrics.update(batch_diagnostics(run, batch))
         finish_step(run, step, metrics, t_step)
         progress.update(step, metrics)
@@ -519,6 +521,7 @@ def setup(recipe: Recipe, run_dir: str | Path | None, resume: bool, console: Cal
     selectors = [Bound("selection", c.name, c.params) for c in recipe.selection]
     producers = [Bound("producer", c.name, c.params) for c in recipe.producers]
     components = [advantage, objective, *shapers, *selectors, *producers, *(r.component for r in regs)]
+    auxiliaries = [aux for c in components for aux in c.auxiliaries()]  # learned models beside the policy
     optimizer = make_optimizer(model, recipe.optimizer)
     total_opt_steps = recipe.train.steps * recipe.train.ppo_epochs * recipe.train.mini_batches
     run = Run(
@@ -527,7 +530,7 @@ def setup(recipe: Recipe, run_dir: str | Path | None, resume: bool, console: Cal
         environment=make_environment(recipe),
         rewards=RewardRunner([r.model_dump() for r in recipe.rewards], timeout_s=recipe.reward_timeout_s),
         advantage=advantage, objective=objective, shapers=shapers, selectors=selectors, producers=producers, regs=regs,
-        components=components,
+        components=components, auxiliaries=auxiliaries,
         sampler=registry.get("sampler", recipe.sampler.name)(task, recipe.seed, **recipe.sampler.params),
         rollout_gen=torch.Generator(device=device).manual_seed(recipe.seed + 1),  # on the sampling device
         update_gen=torch.Generator().manual_seed(recipe.seed + 2), optimizer=optimizer,
@@ -718,15 +721,26 @@ def advantage_phase(run: Run, batch: Batch, ctx: StepContext) -> dict[str, Any]:
 
 # ---- phase 4: update -------------------------------------------------------------------------------------------------
 
-def update_phase(run: Run, batch: Batch) -> dict[str, Any]:
+def update_phase(run: Run, batch: Batch, ctx: StepContext) -> dict[str, Any]:
+    """The auxiliary slot (learned auxiliaries fitted on this batch), then the policy's optimizer steps."""
+    metrics = fit_auxiliaries(run, batch, ctx)
     run.model.train()
     t0 = time.perf_counter()
-    metrics = policy_update(run.model, run.optimizer, run.scheduler, batch, run.recipe, run.objective, run.regs,
-                            run.update_gen)
+    metrics |= policy_update(run.model, run.optimizer, run.scheduler, batch, run.recipe, run.objective, run.regs,
+                             run.update_gen)
     elapsed = time.perf_counter() - t0
     run.engine.after_update(run.model)
     train_tokens = float(batch.attention_mask.sum()) * run.recipe.train.ppo_epochs
     metrics.update({"time/update_s": elapsed, "time/update_tokens_per_s": train_tokens / elapsed if elapsed else 0.0})
+    return metrics
+
+
+def fit_auxiliaries(run: Run, batch: Batch, ctx: StepContext) -> dict[str, float]:
+    """Fit each learned auxiliary (``gae``'s critic) after its use in this step's advantages and before the policy
+    moves, so it reads the same policy features its values were computed from."""
+    metrics: dict[str, float] = {}
+    for aux in run.auxiliaries:
+        metrics.update({f"aux/{aux.name}/{k}": v for k, v in aux.fit(batch, ctx).items()})
     return metrics
 
 
@@ -821,6 +835,8 @@ def restore_checkpoint(run: Run, path: Path) -> None:
             reg.controller.load_state_dict(c_state)
     for comp, c_state in zip(run.components, saved["components"]):
         comp.load_state_dict(c_state)
+    for aux, a_state in zip(run.auxiliaries, saved.get("auxiliaries", [])):
+        aux.load_state_dict(a_state)
     run.engine.load_state_dict(saved.get("engine", {}))
     run.state = RunState(**saved["run_state"])
     ckpt.set_rng_state(saved["rng"])
@@ -837,6 +853,7 @@ def save_checkpoint(run: Run) -> Path:
         "update_gen": run.update_gen.get_state(),
         "controllers": [r.controller.state_dict() if r.controller else None for r in run.regs],
         "components": [c.state_dict() for c in run.components],
+        "auxiliaries": [aux.state_dict() for aux in run.auxiliaries],  # learned auxiliaries with their optimizers
         "engine": run.engine.state_dict(),
         "run_state": vars(run.state).copy(),
         "rng": ckpt.rng_state(),
