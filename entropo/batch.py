@@ -39,6 +39,10 @@ class Batch:
     correct: Tensor | None = None  # [B] bool; the outcome verdict (environment's, else the task verifier's)
     num_turns: Tensor | None = None  # [B] long; actions in the episode (1 for single-turn rows)
     tool_calls: Tensor | None = None  # [B] long; actions the environment counted as tool calls
+    fixed_advantage: Tensor | None = None  # [B] float; a producer's fixed advantage for the row (e.g. AEPO's
+    # REINFORCE rows: 1), put on every response token instead of the estimator's; NaN = the estimator decides
+    off_policy: Tensor | None = None  # [B] bool; the response was not sampled from the policy under this row's
+    # prompt (a critique refinement trained under the original question): objectives may treat it as a demonstration
     reward_terms: dict[str, Tensor] = field(default_factory=dict)  # {reward label: [B] unweighted value}
     extras: dict[str, Tensor] = field(default_factory=dict)  # method-specific per-row tensors [B, ...] (e.g. a
     # whole-batch token selection computed before the update); sliced with the rows like every other tensor
@@ -47,6 +51,11 @@ class Batch:
     def __post_init__(self) -> None:
         if self.token_weights is None:
             self.token_weights = self.response_mask.clone().float()
+        rows, device = self.input_ids.shape[0], self.response_mask.device
+        if self.fixed_advantage is None:
+            self.fixed_advantage = torch.full((rows,), float("nan"), device=device)
+        if self.off_policy is None:
+            self.off_policy = torch.zeros(rows, dtype=torch.bool, device=device)
 
     # ---- shape helpers -------------------------------------------------------------------------------------------
     @property
@@ -60,6 +69,11 @@ class Batch:
     def response_lengths(self) -> Tensor:
         """[B] number of policy-written tokens per trajectory."""
         return self.response_mask.sum(-1)
+
+    @property
+    def estimated(self) -> Tensor:
+        """[B] bool: rows whose advantage the estimator gives (no fixed advantage)."""
+        return self.fixed_advantage.isnan()
 
     def returns(self) -> Tensor:
         """[B] outcome reward plus the sum of any dense token rewards (what outcome-level estimators use)."""
@@ -86,6 +100,12 @@ class Batch:
         idx = torch.as_tensor(index, dtype=torch.long)
         ids = idx.tolist()
         return self._map(lambda t: t[idx], lambda xs: [xs[i] for i in ids])
+
+    def where(self, rows: Tensor) -> "Batch":
+        """The rows where the [B] bool ``rows`` is True (this batch itself when that is every row)."""
+        if bool(rows.all()):
+            return self
+        return self.select(rows.nonzero().flatten().cpu())
 
     def to(self, device: torch.device | str) -> "Batch":
         return self._map(lambda t: t.to(device), lambda xs: xs)

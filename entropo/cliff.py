@@ -136,7 +136,7 @@ def _update(model0, batch0: Batch, rewards: torch.Tensor, recipe: Recipe, regula
         if recipe.needs_reference():
             b.ref_logprobs, _, _ = score_tokens(model0, b, **score_kw)
 
-    ctx = StepContext(model=model, score=score, **ctx_kw)
+    ctx = StepContext(model=model, **ctx_kw)
     optimizer = make_optimizer(model, recipe.optimizer, lr=lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _s: 1.0)
     generator = torch.Generator().manual_seed(recipe.seed + 2)
@@ -174,7 +174,8 @@ def policy_cliff(recipe: Recipe, *, perturbation: str = "flip", flip_fraction: f
     of updates on the one batch; ``lr`` overrides the recipe's peak LR (the schedule is constant here); ``seed``
     overrides the recipe seed. Returns a dict with the perturbation size and, for "plain" and "entropy",
     the (a)-vs-(b) distance, each run's distance from the initial policy, and their ratio; prints a table.
-    Components that sample extra rollouts (e.g. AEPO) see this setup through their ``step_ctx``.
+    The recipe's producers (rows added at rollout time, e.g. AEPO) are not run: the experiment perturbs the rewards
+    of one fixed batch.
     """
     if perturbation not in ("flip", "mix"):
         raise ValueError(f"perturbation must be 'flip' or 'mix', got {perturbation!r}")
@@ -196,16 +197,8 @@ def policy_cliff(recipe: Recipe, *, perturbation: str = "flip", flip_fraction: f
         r2 = torch.tensor(second.score(batch.info["sample"]).rewards, dtype=torch.float32, device=device)
         perturbed = (1 - mix_weight) * true_rewards + mix_weight * r2
 
-    next_group = [batch.size]
-
-    def sample(more_examples, n, temperature):
-        batch, stats = rollout_batch(engine, task, reward_runner, recipe, more_examples, n, temperature, generator,
-                                     next_group[0], device)
-        next_group[0] += stats.pop("groups")
-        return batch, stats
-
     ctx_kw = {"tokenizer": tokenizer, "engine": engine, "task": task, "rewards": reward_runner, "recipe": recipe,
-              "step": 0, "rollout_generator": generator, "device": device, "sample": sample}
+              "step": 0, "rollout_generator": generator, "device": device}
     base_regs = [(r.name, r.params, r.coef) for r in recipe.regularizers if r.name != "entropy"]
     variants = {"plain": base_regs, "entropy": base_regs + [("entropy", {}, entropy_coef)]}
     lr = lr if lr is not None else recipe.optimizer.lr

@@ -164,9 +164,10 @@ class TrainConfig(_Section):
     old_logprobs: Literal["auto", "recompute", "behaviour"] = Field(
         "auto",
         description="Pre-update log-probs/entropies. 'auto' reuses what the rollout engine recorded while sampling "
-        "whenever that is exact for every row of the batch (sampled by these weights at rollout.temperature with "
-        "top_p = 1 and no constrained decoding, and no component needs old-pass hooks): equal to a fresh forward up "
-        "to float rounding and one forward pass cheaper; otherwise it runs the forward. 'recompute' always runs it. "
+        "on every row where that is exact (sampled by these weights at rollout.temperature with top_p = 1 and no "
+        "constrained decoding, and no component needs old-pass hooks): equal to a fresh forward up to float rounding "
+        "and one forward pass cheaper; the other rows (e.g. a producer's, sampled at another temperature or under "
+        "another prompt) get the forward. 'recompute' always runs it on every row. "
         "'behaviour' is 'auto' that also rejects recipes where reuse can never apply (top_p < 1).",
     )
 
@@ -260,6 +261,9 @@ class Recipe(_Section):
         "reward/budget_exhausted with a warning.")
     advantage: Component = Field(default_factory=lambda: Component(name="grpo"))
     shaping: list[Component] = Field(default_factory=list, description="Reward/advantage shaping, in order.")
+    producers: list[Component] = Field(
+        default_factory=list, description="Components that add rows at rollout time, in order (e.g. aepo's "
+        "temperature samples, critique_refine's refinements); their rows are scored and updated with the batch.")
     selection: list[Component] = Field(default_factory=list, description="Sample filters (e.g. dynamic_sampling).")
     objective: Component = Field(default_factory=lambda: Component(name="ppo_clip"))
     regularizers: list[RegularizerSpec] = Field(default_factory=list, description="Extra loss terms.")
@@ -321,10 +325,11 @@ def _check_component(kind: str, comp: Component, where: str, skip_params: tuple[
 # First positional arguments of each kind's signature are data, not params.
 _DATA_ARGS = {
     "advantage": ("batch", "step_ctx"),
-    "objective": ("logprobs", "old_logprobs", "advantages", "mask", "extras", "step_ctx"),
+    "objective": ("logprobs", "old_logprobs", "advantages", "mask", "extras", "micro_batch", "step_ctx"),
     "regularizer": ("ctx", "step_ctx"),
     "selection": ("batch", "step_ctx"),
     "shaping": ("batch", "step_ctx"),
+    "producer": ("batch", "ctx"),
     "reward": ("sample",),
     "task": ("seed", "eval_size"),
     "controller": (),
@@ -353,6 +358,8 @@ def check_components(recipe: Recipe) -> None:
         c("shaping", s, f"shaping.{i}", _DATA_ARGS["shaping"])
     for i, s in enumerate(recipe.selection):
         c("selection", s, f"selection.{i}", _DATA_ARGS["selection"])
+    for i, p in enumerate(recipe.producers):
+        c("producer", p, f"producers.{i}", _DATA_ARGS["producer"])
     c("objective", recipe.objective, "objective", _DATA_ARGS["objective"])
     for i, r in enumerate(recipe.regularizers):
         c("regularizer", r, f"regularizers.{i}", _DATA_ARGS["regularizer"])

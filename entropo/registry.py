@@ -26,6 +26,7 @@ KINDS = (
     "regularizer",
     "selection",
     "shaping",
+    "producer",
     "reward",
     "task",
     "engine",

@@ -6,14 +6,17 @@ this file never branches on a method name. One RL step:
 
   1. ``rollout_phase``: the sampler picks prompts; the engine plays ``n`` episodes of each in the recipe's
      environment (a single-turn task is a one-turn episode: the same path); rewards score the outcomes; selection
-     filters keep groups, refilling from new prompts up to ``rollout.max_tries`` rounds;
-  2. ``score_phase``: old log-probs/entropy of the policy before the update (reused from the engine where exact), and
-     reference log-probs when a component needs them;
-  3. ``advantage_phase``: reward-stage shaping, the advantage estimator, advantage-stage shaping, then each
-     objective/regularizer's whole-batch ``prepare`` hook (batch-level token selection; entropo/components.py);
-  4. ``update_phase``: ``ppo_epochs`` x ``mini_batches`` optimizer steps, each accumulating gradients over
-     micro-batches with the aggregation's denominators taken over the whole mini-batch (accumulation = one big batch);
-     then the engine's ``after_update`` hook (an out-of-process engine syncs weights there);
+     filters keep groups, refilling from new prompts up to ``rollout.max_tries`` rounds; then each producer returns
+     rows to add (AEPO's temperature samples, Critique-GRPO's refinements), stacked under the batch;
+  2. ``score_phase``: old log-probs/entropy of the policy before the update (reused from the engine on the rows where
+     they are exact), and reference log-probs when a component needs them — for every row, produced ones included;
+  3. ``advantage_phase``: reward-stage shaping, the advantage estimator (on the rows without a producer's fixed
+     advantage), advantage-stage shaping, then each objective/regularizer's whole-batch ``prepare`` hook (batch-level
+     token selection; entropo/components.py);
+  4. ``update_phase``: the auxiliary slot first (learned auxiliaries such as ``gae``'s critic are fitted on the batch
+     whose advantages they just served), then ``ppo_epochs`` x ``mini_batches`` optimizer steps, each accumulating
+     gradients over micro-batches with the aggregation's denominators taken over the whole mini-batch (accumulation =
+     one big batch); then the engine's ``after_update`` hook (an out-of-process engine syncs weights there);
   5. ``finish_step``: diagnostics, controllers, periodic held-out eval, metrics.jsonl/TensorBoard, checkpoint.
 See docs/architecture.md for the data flow.
 """
@@ -38,7 +41,7 @@ from entropo import guards, models, ops, preflight, recipe_diff, registry, runlo
 from entropo.batch import Batch
 from entropo.config import ConfigError, Recipe, check_components
 from entropo.logging import MetricsLogger, Progress
-from entropo.components import Bound, StepContext, merged_token_fns
+from entropo.components import Auxiliary, Bound, Produced, RolloutContext, StepContext, merged_token_fns
 from entropo.rewards.runner import RewardRunner
 from entropo.samplers import PromptSampler  # noqa: F401  (re-exported: the default sampler)
 from entropo.envs.base import EnvFactory
@@ -200,9 +203,17 @@ def single_turn_ids(response_mask: Tensor) -> Tensor:
 
 
 def assign_advantages(advantage: Bound, batch: Batch, step_ctx: StepContext) -> dict[str, float]:
-    """Set ``batch.advantages``; an estimator with a learned part (``gae``'s critic) may also return metrics."""
-    out = advantage(batch, step_ctx=step_ctx)
-    batch.advantages, metrics = out if isinstance(out, tuple) else (out, {})
+    """Set ``batch.advantages``: the estimator's on the rows it decides (``Batch.estimated``), a producer's
+    ``fixed_advantage`` on every response token of the others. The estimator sees only its own rows, so fixed rows
+    never enter its group or batch statistics. It may also return metrics (``gae``: value statistics)."""
+    estimated = batch.estimated
+    advantages = ops.broadcast_to_tokens(batch.fixed_advantage.nan_to_num(0.0), batch.response_mask)
+    metrics: dict[str, float] = {}
+    if bool(estimated.any()):
+        out = advantage(batch.where(estimated), step_ctx=step_ctx)
+        values, metrics = out if isinstance(out, tuple) else (out, {})
+        advantages[estimated] = values.to(advantages.dtype)
+    batch.advantages = advantages
     return {f"advantage/{k}": v for k, v in metrics.items()}
 
 
@@ -231,7 +242,7 @@ def accumulate_gradients(model, mini: Batch, recipe: Recipe, objective: Bound, r
         )
         extras = {**micro.extras, **current}
         per_token_loss, metrics = objective(logprobs, micro.old_logprobs, micro.advantages, micro.token_weights,
-                                            extras=extras)
+                                            extras=extras, micro_batch=micro)
         denominators = dict(response_mask=micro.response_mask, total_tokens=total_tokens, total_seqs=total_seqs,
                             norm_length=norm_length)
         loss = ops.aggregate(per_token_loss, micro.token_weights, agg.mode, **denominators)
@@ -418,8 +429,10 @@ class Run:
     objective: Bound
     shapers: list[Bound]
     selectors: list[Bound]
+    producers: list[Bound]
     regs: list[Regularizer]
     components: list[Bound]
+    auxiliaries: list[Auxiliary]
     sampler: Any
     rollout_gen: torch.Generator
     update_gen: torch.Generator
@@ -442,7 +455,11 @@ class Run:
     def step_ctx(self, step: int) -> StepContext:
         return StepContext(model=self.model, tokenizer=self.tokenizer, engine=self.engine, task=self.task,
                            rewards=self.rewards, recipe=self.recipe, step=step, rollout_generator=self.rollout_gen,
-                           device=self.device, sample=self.sample, score=lambda batch: score_phase(self, batch))
+                           device=self.device)
+
+    def rollout_ctx(self, step_ctx: StepContext) -> RolloutContext:
+        """The producers' context: the step context plus ``sample``, the loop's own episodes and rewards."""
+        return RolloutContext.of(step_ctx, lambda examples, n, temperature: self.sample(examples, n, temperature)[0])
 
 
 @runlock.holding_run_dir(lambda recipe, run_dir=None, **_: run_dir_for(recipe, run_dir))  # one run per run dir
@@ -462,7 +479,7 @@ def train(recipe: Recipe, *, run_dir: str | Path | None = None, resume: bool = F
         if batch is not None:
             metrics["time/score_s"] = timed(score_phase, run, batch)
             metrics.update(advantage_phase(run, batch, ctx))
-            metrics.update(update_phase(run, batch))
+            metrics.update(update_phase(run, batch, ctx))
             metrics.update(batch_diagnostics(run, batch))
         finish_step(run, step, metrics, t_step)
         progress.update(step, metrics)
@@ -513,7 +530,9 @@ def setup(recipe: Recipe, run_dir: str | Path | None, resume: bool, console: Cal
                         registry.get("controller", r.controller.name)(**r.controller.params) if r.controller else None)
             for r in recipe.regularizers]
     selectors = [Bound("selection", c.name, c.params) for c in recipe.selection]
-    components = [advantage, objective, *shapers, *selectors, *(r.component for r in regs)]
+    producers = [Bound("producer", c.name, c.params) for c in recipe.producers]
+    components = [advantage, objective, *shapers, *selectors, *producers, *(r.component for r in regs)]
+    auxiliaries = [aux for c in components for aux in c.auxiliaries()]  # learned models beside the policy
     optimizer = make_optimizer(model, recipe.optimizer)
     total_opt_steps = recipe.train.steps * recipe.train.ppo_epochs * recipe.train.mini_batches
     run = Run(
@@ -522,9 +541,9 @@ def setup(recipe: Recipe, run_dir: str | Path | None, resume: bool, console: Cal
         environment=make_environment(recipe),
         rewards=RewardRunner([r.model_dump() for r in recipe.rewards], timeout_s=recipe.reward_timeout_s,
                              isolation=recipe.reward_isolation, budget_s=recipe.reward_budget_s),
-        advantage=advantage, objective=objective, shapers=shapers, selectors=selectors, regs=regs,
-        components=components, sampler=registry.get("sampler", recipe.sampler.name)(task, recipe.seed,
-                                                                                    **recipe.sampler.params),
+        advantage=advantage, objective=objective, shapers=shapers, selectors=selectors, producers=producers, regs=regs,
+        components=components, auxiliaries=auxiliaries,
+        sampler=registry.get("sampler", recipe.sampler.name)(task, recipe.seed, **recipe.sampler.params),
         rollout_gen=torch.Generator(device=device).manual_seed(recipe.seed + 1),  # on the sampling device
         update_gen=torch.Generator().manual_seed(recipe.seed + 2), optimizer=optimizer,
         scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(recipe.optimizer, total_opt_steps)),
@@ -613,7 +632,25 @@ def rollout_phase(run: Run, ctx: StepContext) -> tuple[Batch | None, dict[str, A
             kept_groups += int(torch.unique(batch.group_ids[keep]).numel())
     metrics = outcome_metrics(generated, kept, tries, totals)
     metrics.update(episode_metrics(episodes))
-    return (Batch.concat(kept) if kept else None), metrics
+    if not kept:
+        return None, metrics
+    batch, produced = add_produced_rows(run, Batch.concat(kept), run.rollout_ctx(ctx))
+    metrics.update(produced)
+    return batch, metrics
+
+
+def add_produced_rows(run: Run, batch: Batch, ctx: RolloutContext) -> tuple[Batch, dict[str, float]]:
+    """Each producer in turn sees the batch and returns rows to stack under it (and rows of it they displace)."""
+    metrics: dict[str, float] = {}
+    for producer in run.producers:
+        out: Produced = producer(batch, ctx)
+        metrics.update({f"producer/{producer.name}/{k}": v for k, v in out.metrics.items()})
+        if out.displaced:
+            displaced = set(out.displaced)
+            batch = batch.select([r for r in range(batch.size) if r not in displaced])
+        if out.rows is not None and out.rows.size:
+            batch = Batch.concat([batch, out.rows.to(run.device)]) if batch.size else out.rows.to(run.device)
+    return batch, metrics
 
 
 def outcome_metrics(generated: list[Batch], kept: list[Batch], tries: int, totals: dict[str, float]) -> dict[str, Any]:
@@ -660,15 +697,18 @@ def score_phase(run: Run, batch: Batch) -> None:
     recipe = run.recipe
     score_kw = dict(temperature=recipe.rollout.temperature, micro_batch_size=recipe.train.micro_batch_size,
                     chunk_size=recipe.train.logprob_chunk_size)
-    exact = [t == recipe.rollout.temperature for t in batch.info.get("behaviour_temperature", [None])]
-    if recipe.train.old_logprobs != "recompute" and all(exact) and not run.old_token_fns:
-        # the engine sampled from these very weights at this temperature: its records are the old policy
-        batch.old_logprobs = batch.behaviour_logprobs.clone()
-        batch.old_entropy = batch.behaviour_entropy.clone()
-    else:
+    # the engine sampled these rows from these very weights at this temperature: its records are the old policy
+    temperatures = batch.info.get("behaviour_temperature", [None] * batch.size)
+    reusable = recipe.train.old_logprobs != "recompute" and not run.old_token_fns
+    redo = [r for r, t in enumerate(temperatures) if not (reusable and t == recipe.rollout.temperature)]
+    batch.old_logprobs = batch.behaviour_logprobs.clone()
+    batch.old_entropy = batch.behaviour_entropy.clone()
+    if len(redo) == batch.size:
         batch.old_logprobs, batch.old_entropy, old_extras = score_tokens(run.model, batch,
                                                                          token_fns=run.old_token_fns, **score_kw)
         batch.extras.update(old_extras)
+    elif redo:  # e.g. a producer's rows sampled at another temperature or under another prompt
+        batch.old_logprobs[redo], batch.old_entropy[redo], _ = score_tokens(run.model, batch.select(redo), **score_kw)
     if run.ref_model is not None:
         batch.ref_logprobs, _, _ = score_tokens(run.ref_model, batch, **score_kw)
 
@@ -682,7 +722,8 @@ def advantage_phase(run: Run, batch: Batch, ctx: StepContext) -> dict[str, Any]:
         if shaper.stage == "reward":
             metrics.update({f"shaping/{k}": v for k, v in shaper(batch, step_ctx=ctx).items()})
     metrics.update(assign_advantages(run.advantage, batch, ctx))
-    metrics.update({f"sampler/{k}": v for k, v in run.sampler.update(batch).items()})  # curricula learn here
+    # curricula learn here, from the estimator's advantages (a producer's fixed ones say nothing about a prompt)
+    metrics.update({f"sampler/{k}": v for k, v in run.sampler.update(batch.where(batch.estimated)).items()})
     for shaper in run.shapers:
         if shaper.stage == "advantage":
             metrics.update({f"shaping/{k}": v for k, v in shaper(batch, step_ctx=ctx).items()})
@@ -693,15 +734,26 @@ def advantage_phase(run: Run, batch: Batch, ctx: StepContext) -> dict[str, Any]:
 
 # ---- phase 4: update -------------------------------------------------------------------------------------------------
 
-def update_phase(run: Run, batch: Batch) -> dict[str, Any]:
+def update_phase(run: Run, batch: Batch, ctx: StepContext) -> dict[str, Any]:
+    """The auxiliary slot (learned auxiliaries fitted on this batch), then the policy's optimizer steps."""
+    metrics = fit_auxiliaries(run, batch, ctx)
     run.model.train()
     t0 = time.perf_counter()
-    metrics = policy_update(run.model, run.optimizer, run.scheduler, batch, run.recipe, run.objective, run.regs,
-                            run.update_gen)
+    metrics |= policy_update(run.model, run.optimizer, run.scheduler, batch, run.recipe, run.objective, run.regs,
+                             run.update_gen)
     elapsed = time.perf_counter() - t0
     run.engine.after_update(run.model)
     train_tokens = float(batch.attention_mask.sum()) * run.recipe.train.ppo_epochs
     metrics.update({"time/update_s": elapsed, "time/update_tokens_per_s": train_tokens / elapsed if elapsed else 0.0})
+    return metrics
+
+
+def fit_auxiliaries(run: Run, batch: Batch, ctx: StepContext) -> dict[str, float]:
+    """Fit each learned auxiliary (``gae``'s critic) after its use in this step's advantages and before the policy
+    moves, so it reads the same policy features its values were computed from."""
+    metrics: dict[str, float] = {}
+    for aux in run.auxiliaries:
+        metrics.update({f"aux/{aux.name}/{k}": v for k, v in aux.fit(batch, ctx).items()})
     return metrics
 
 
@@ -712,6 +764,7 @@ def batch_diagnostics(run: Run, batch: Batch) -> dict[str, float]:
     out = {
         "entropy/mean": entropy,
         "entropy/delta": entropy - run.state.prev_entropy if run.state.prev_entropy is not None else 0.0,
+        "entropy/neg_logprob_mean": diag.masked_mean(-batch.old_logprobs, mask),  # sampled-token estimate
         "cov/logp_adv": diag.cov_logp_adv(batch.old_logprobs, batch.advantages, mask),
         "advantage/mean": diag.masked_mean(batch.advantages, mask),
         "advantage/abs_mean": diag.masked_mean(batch.advantages.abs(), mask),
@@ -797,6 +850,8 @@ def restore_checkpoint(run: Run, saved: dict[str, Any]) -> None:
             reg.controller.load_state_dict(c_state)
     for comp, c_state in zip(run.components, saved["components"]):
         comp.load_state_dict(c_state)
+    for aux, a_state in zip(run.auxiliaries, saved.get("auxiliaries", [])):
+        aux.load_state_dict(a_state)
     run.engine.load_state_dict(saved.get("engine", {}))
     run.state = RunState(**saved["run_state"])
     ckpt.set_rng_state(saved["rng"])
@@ -813,6 +868,7 @@ def save_checkpoint(run: Run) -> Path:
         "update_gen": run.update_gen.get_state(),
         "controllers": [r.controller.state_dict() if r.controller else None for r in run.regs],
         "components": [c.state_dict() for c in run.components],
+        "auxiliaries": [aux.state_dict() for aux in run.auxiliaries],  # learned auxiliaries with their optimizers
         "engine": run.engine.state_dict(),
         "run_state": vars(run.state).copy(),
         "rng": ckpt.rng_state(),

@@ -44,11 +44,11 @@ def pytest_collection_modifyitems(config, items):
 
 def tiny_step_world(overrides=()):
     """A tiny model, its task, engine, reward runner and the trainer's pre-update scoring pass, plus
-    ``context(generator, sample=None)`` building the StepContext a component sees — for tests of components that
-    sample or score extra rollouts (AEPO, Critique-GRPO)."""
+    ``context(generator)`` building the StepContext a component sees and ``rollout_context(generator, sample)`` the
+    RolloutContext a producer sees — for tests of components that add rows (AEPO, Critique-GRPO) or read the model."""
     from types import SimpleNamespace
 
-    from entropo.components import StepContext
+    from entropo.components import RolloutContext, StepContext
     from entropo.config import load_recipe
     from entropo.models import tiny
     from entropo.rewards.runner import RewardRunner
@@ -67,10 +67,16 @@ def tiny_step_world(overrides=()):
         batch.old_logprobs, batch.old_entropy, _ = score_tokens(model, batch, temperature=1.0, micro_batch_size=8,
                                                                 chunk_size=64)
 
-    def context(generator, sample=None):
+    def context(generator):
         return StepContext(model=model, tokenizer=tokenizer, engine=engine, task=task, rewards=rewards, recipe=recipe,
-                           step=0, rollout_generator=generator, device=torch.device("cpu"), sample=sample,
-                           score=score)
+                           step=0, rollout_generator=generator, device=torch.device("cpu"))
+
+    def rollout_context(generator, sample=None):
+        return RolloutContext.of(context(generator), sample)
+
+    def trainer_run(producers=()):  # what the trainer's add_produced_rows and score_phase read from a Run
+        return SimpleNamespace(recipe=recipe, model=model, old_token_fns={}, ref_model=None, producers=list(producers),
+                               device=torch.device("cpu"))
 
     return SimpleNamespace(recipe=recipe, model=model, tokenizer=tokenizer, task=task, engine=engine, rewards=rewards,
-                           score=score, context=context)
+                           score=score, context=context, rollout_context=rollout_context, trainer_run=trainer_run)

@@ -1,7 +1,5 @@
-"""BNPO (arXiv 2506.02864): Beta-normalised advantage (spec section 10 toy (f)), fallbacks, running moments,
-advantage decomposition, state_dict round trip."""
-
-from types import SimpleNamespace
+"""BNPO (arXiv 2506.02864): Beta-normalised advantage (hand values), fallbacks, running moments, advantage
+decomposition over the batch's reward terms (no re-scoring), state_dict round trip."""
 
 import pytest
 import torch
@@ -24,7 +22,7 @@ def make_batch(rewards, groups, length=3) -> Batch:
 TOY = ([1, 0, 0, 1, 1, 0], [0, 0, 0, 1, 1, 1])
 
 
-def test_spec_toy_values():
+def test_hand_values():
     # p = 1/3, 2/3 -> mu = 0.5, var = 0.055556 -> mu(1-mu)/var - 1 = 3.5 -> a = b = 1.75 -> alpha = beta = 1.583333
     # Beta(1.58333, 1.58333) pdf at 1/3 = 1.226398 -> 1/pdf = 0.815396; A = (r - p) * 0.815396
     comp = Bound("advantage", "bnpo")
@@ -80,17 +78,40 @@ def test_running_moments_and_state_round_trip():
 def test_advantage_decomposition_averages_terms():
     # two reward terms: "correct" = toy rewards, "format" = all 1 (p = 1 -> A = 0); composite = correct + format in
     # [1, 2] mapped with r_min = 1, r_max = 2 -> the toy again. Official average over (total, correct, format):
-    # (A_toy + A_toy + 0) / 3
+    # (A_toy + A_toy + 0) / 3. The terms come from batch.reward_terms (filled by the trainer), not a re-scoring.
     correct = [float(r) for r in TOY[0]]
-    ctx = SimpleNamespace(rewards=SimpleNamespace(score=lambda samples: SimpleNamespace(
-        components={"correct": correct, "format": [1.0] * len(samples)})))
     batch = make_batch([r + 1 for r in correct], TOY[1])
+    batch.reward_terms = {"correct": torch.tensor(correct), "format": torch.ones(len(correct))}
     comp = Bound("advantage", "bnpo", {"decompose": True, "r_min": 1.0, "r_max": 2.0})
-    adv = comp(batch, step_ctx=ctx)
+    adv = comp(batch)
     toy = BNPO()(make_batch(*TOY))
     assert torch.allclose(adv, 2 * toy / 3, atol=1e-6)
+    # the hand values: (2/3) * [0.54360, -0.27180, -0.27180, 0.27180, 0.27180, -0.54360]
+    expected = torch.tensor([0.36240, -0.18120, -0.18120, 0.18120, 0.18120, -0.36240])
+    assert torch.allclose(adv[:, 0], expected, atol=1e-5)
+    assert set(comp.instance.last_alpha) == {"total", "term/correct", "term/format"}
     # without the composite term: (A_toy + 0) / 2
-    adv = BNPO(decompose=True, include_total=False, r_min=1.0, r_max=2.0)(batch, step_ctx=ctx)
+    adv = BNPO(decompose=True, include_total=False, r_min=1.0, r_max=2.0)(batch)
     assert torch.allclose(adv, toy / 2, atol=1e-6)
-    with pytest.raises(ValueError):
-        BNPO(decompose=True)(batch)
+    with pytest.raises(ValueError, match="reward_terms"):
+        BNPO(decompose=True)(make_batch(*TOY))
+
+
+def test_decomposition_reads_the_terms_the_rollout_recorded():
+    # a real scored rollout: the runner's per-reward values land in batch.reward_terms, and BNPO uses exactly those
+    # (unfinished rows carry 0, as the runner never saw them); BNPO no longer takes a step context
+    import inspect
+
+    from conftest import tiny_step_world
+
+    from entropo.trainer import rollout_batch
+
+    world = tiny_step_world(["rollout.max_new_tokens=3"])
+    examples = [world.task.train_example(i) for i in range(3)]
+    batch, _ = rollout_batch(world.engine, world.task, world.rewards, world.recipe, examples, 4, 1.0,
+                             torch.Generator().manual_seed(0), 0, torch.device("cpu"))
+    assert set(batch.reward_terms) == {"correct"}
+    assert torch.equal(batch.reward_terms["correct"], batch.rewards)  # one unit-weight term: the composite
+    adv = BNPO(decompose=True, include_total=False)(batch)
+    assert torch.allclose(adv, BNPO()(batch), atol=1e-6)
+    assert "step_ctx" not in inspect.signature(BNPO.__call__).parameters

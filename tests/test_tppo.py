@@ -1,13 +1,17 @@
-"""T-PPO (arXiv 2506.15050): Extended GAE, the value head of ``gae``, the ``hf_window`` engine and its carry-over."""
+"""T-PPO (arXiv 2506.15050): Extended GAE, the value critic of ``gae`` (an auxiliary the trainer fits and
+checkpoints), the ``hf_window`` engine and its carry-over."""
 
 import json
+import math
 
 import pytest
 import torch
 from conftest import tiny_step_world
 
-from entropo.algorithms.tppo import (GAE, discounted_returns, generalized_advantages, outcome_token_rewards,
-                                     state_values_at_tokens)
+from entropo import checkpoint
+from entropo.algorithms.tppo import (GAE, ValueCritic, discounted_returns, generalized_advantages,
+                                     outcome_token_rewards, state_values_at_tokens)
+from entropo.components import Auxiliary, Bound
 from entropo.batch import Batch
 from entropo.config import load_recipe
 from entropo.logging import read_metrics
@@ -17,7 +21,7 @@ from entropo.trainer import rollout_batch, train
 from entropo.types import Example
 
 
-# ---- Extended GAE: the spec's toy check (§19 (f)) ------------------------------------------------------------------
+# ---- Extended GAE: hand-computed values ----------------------------------------------------------------------------
 
 def test_extended_gae_matches_hand_values_at_truncation():
     # 3 generated tokens, V = [0.5, 0.6, 0.7], V(s_3) = 0.8, no rewards, gamma = 1:
@@ -102,6 +106,28 @@ def test_gae_first_call_with_zero_head_is_discounted_reward_to_go():
         assert torch.allclose(adv[b, idx], expected, atol=1e-6)
         assert adv[b][batch.response_mask[b] == 0].abs().sum() == 0
     assert metrics["value_mean"] == 0.0 and metrics["bootstrapped_frac"] == 0.0
+    assert "value_loss" not in metrics  # the estimator only reads the critic
+
+
+def test_gae_critic_is_an_auxiliary_the_advantage_call_never_fits():
+    world = tiny_step_world(["rollout.max_new_tokens=4"])
+    batch, _ = _world_batch(world)
+    batch.rewards = torch.tensor([1.0, 0.0, 0.0] * (batch.size // 3))
+    ctx = world.context(torch.Generator())
+    bound = Bound("advantage", "gae", {"value_hidden": 8, "value_epochs": 5})
+    (critic,) = bound.auxiliaries()
+    assert isinstance(critic, Auxiliary) and critic is bound.instance.critic and critic.name == "critic"
+    bound(batch, step_ctx=ctx)
+    before = [p.detach().clone() for p in critic.head.parameters()]
+    a1, _ = bound(batch, step_ctx=ctx)
+    assert all(torch.equal(p, q) for p, q in zip(before, critic.head.parameters()))
+    assert not critic.optimizer.state  # no optimizer step happened in the advantage calls
+    assert bound.state_dict() is None  # the estimator itself holds no state: the critic is checkpointed as auxiliary
+    metrics = critic.fit(batch, ctx)
+    assert math.isfinite(metrics["value_loss"]) and critic.optimizer.state
+    assert not all(torch.equal(p, q) for p, q in zip(before, critic.head.parameters()))
+    a2, _ = bound(batch, step_ctx=ctx)
+    assert not torch.equal(a1, a2)  # the fitted critic gives other values
 
 
 def test_gae_value_head_learns_and_round_trips():
@@ -110,14 +136,19 @@ def test_gae_value_head_learns_and_round_trips():
     batch.rewards = torch.tensor([1.0, 0.0, 0.0] * (batch.size // 3))
     ctx = world.context(torch.Generator())
     gae = GAE(value_lr=5e-2, value_epochs=20, whiten=False)
-    losses = [gae(batch, step_ctx=ctx)[1]["value_loss"] for _ in range(3)]
+    losses = []
+    for _ in range(3):
+        gae(batch, step_ctx=ctx)
+        losses.append(gae.critic.fit(batch, ctx)["value_loss"])
     assert losses[2] < losses[0]  # fitting the same targets again lowers the loss
-    saved = gae.state_dict()
+    saved = gae.critic.state_dict()
+    assert saved["optimizer"]["state"]  # Adam's moments travel with the weights
     fresh = GAE(value_lr=5e-2, value_epochs=20, whiten=False)
-    fresh.load_state_dict(saved)  # before the head exists: applied lazily on the first call
+    fresh.critic.load_state_dict(saved)  # before the head exists: applied lazily on the first call
     a1, m1 = gae(batch, step_ctx=ctx)
     a2, m2 = fresh(batch, step_ctx=ctx)
     assert torch.equal(a1, a2) and m1 == m2
+    assert gae.critic.fit(batch, ctx) == fresh.critic.fit(batch, ctx)  # same optimizer state: same next steps
 
 
 def test_gae_fits_value_on_finished_rows_only_and_bootstraps_partial_rows():
@@ -128,18 +159,18 @@ def test_gae_fits_value_on_finished_rows_only_and_bootstraps_partial_rows():
     only_partial = batch.select([i for i, p in enumerate(partial) if p])
     ctx = world.context(torch.Generator())
     gae = GAE(value_hidden=8, value_epochs=5, whiten=False)
-    gae(only_partial, step_ctx=ctx)
-    before = [p.detach().clone() for p in gae.head.parameters()]
     _, metrics = gae(only_partial, step_ctx=ctx)
     assert metrics["bootstrapped_frac"] == 1.0
-    for p, q in zip(before, gae.head.parameters()):
+    before = [p.detach().clone() for p in gae.critic.head.parameters()]
+    assert math.isnan(gae.critic.fit(only_partial, ctx)["value_loss"])
+    for p, q in zip(before, gae.critic.head.parameters()):
         assert torch.equal(p, q)  # no finished response -> the critic is not fitted (T-PPO's value filtering)
     # with fit_on="all" the same batch does move the critic
     gae_all = GAE(value_hidden=8, value_epochs=5, whiten=False, fit_on="all")
     gae_all(only_partial, step_ctx=ctx)
-    snap = [p.detach().clone() for p in gae_all.head.parameters()]
-    gae_all(only_partial, step_ctx=ctx)
-    assert any(not torch.equal(p, q) for p, q in zip(snap, gae_all.head.parameters()))
+    snap = [p.detach().clone() for p in gae_all.critic.head.parameters()]
+    gae_all.critic.fit(only_partial, ctx)
+    assert any(not torch.equal(p, q) for p, q in zip(snap, gae_all.critic.head.parameters()))
 
 
 def test_gae_rejects_bad_params():
@@ -228,6 +259,17 @@ def test_tppo_resume_is_exact(tmp_path, tiny_recipe_overrides):
                                   "logging.tensorboard=false"]
     train(load_recipe(None, ov), run_dir=tmp_path / "a", console=lambda *_: None)
     train(load_recipe(None, ov), run_dir=tmp_path / "b", stop_after=2, console=lambda *_: None)
+    # the critic is checkpointed in the auxiliary slot: weights and Adam state, which restore exactly
+    saved = checkpoint.load(checkpoint.latest(tmp_path / "b"))
+    (critic_state,) = saved["auxiliaries"]
+    assert critic_state["optimizer"]["state"] and set(critic_state) == {"head", "optimizer"}
+    critic = ValueCritic(1.0, 0.95, 1e-3, 2, 0, "finished", 0)
+    critic.load_state_dict(critic_state)
+    critic._build(critic_state["head"]["weight"].shape[1], torch.device("cpu"))  # applies the loaded state
+    restored = critic.state_dict()
+    assert all(torch.equal(restored["head"][k], v) for k, v in critic_state["head"].items())
+    for key, moments in critic_state["optimizer"]["state"].items():
+        assert all(torch.equal(restored["optimizer"]["state"][key][m], t) for m, t in moments.items())
     train(load_recipe(None, ov), run_dir=tmp_path / "b", resume=True, console=lambda *_: None)
 
     def strip(rows):
@@ -238,4 +280,4 @@ def test_tppo_resume_is_exact(tmp_path, tiny_recipe_overrides):
     assert strip(rows) == strip(read_metrics(tmp_path / "b"))
     steps = [r for r in rows if not r.get("final")]
     assert any(r["response/partial_frac"] > 0 for r in steps)  # rows really were carried across steps
-    assert all("advantage/value_loss" in r for r in steps if r["actor/optimizer_steps"])
+    assert all("aux/critic/value_loss" in r for r in steps if r["actor/optimizer_steps"])

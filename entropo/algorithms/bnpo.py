@@ -25,10 +25,11 @@ Verified against the official code and resolved here:
   through ``state_dict``) — useful with few prompts per step, where the per-batch fit is noisy.
 - Advantage decomposition (``decompose=True``) [verified]: the official loop computes the BNPO advantage separately
   for every reward tensor whose key contains "reward_tensor" — the composite reward AND each component (accuracy,
-  format) — each with its own Beta fit, and averages them. Here the components are the recipe's reward terms
-  (unweighted values from the reward runner, re-scored from ``batch.info["sample"]`` through ``step_ctx.rewards``,
-  each mapped to [0, 1] with its own observed range when it is not already inside [0, 1]); ``include_total=True``
-  (official) adds the composite ``batch.returns()`` as one more term. Default off (as the paper's main runs).
+  format) — each with its own Beta fit, and averages them. Here the components are the recipe's reward terms:
+  ``batch.reward_terms`` ({reward label: [B] unweighted value}), which the trainer fills from the reward runner when
+  it scores the rollout (nothing is scored twice; unfinished rows have no outcome yet and carry 0), each mapped to
+  [0, 1] with its own observed range when it is not already inside [0, 1]; ``include_total=True`` (official) adds
+  the composite ``batch.returns()`` as one more term. Default off (as the paper's main runs).
 
 Metrics go to the trainer through the advantages only; ``last_alpha`` / ``last_beta`` are kept on the instance.
 """
@@ -94,8 +95,8 @@ class BNPO:
     """Beta-normalised outcome advantage (see module doc). Params: ``r_min`` / ``r_max`` (reward range mapped to
     [0, 1]), ``momentum`` (EMA of the success-rate moments across steps; 0 = official per-batch fit),
     ``decompose`` / ``include_total`` (advantage decomposition over the recipe's reward terms).
-    Example (spec toy): groups r = [1, 0, 0], [1, 1, 0] -> alpha = beta = 1.58333, A = [0.5436, -0.2718, -0.2718],
-    [0.2718, 0.2718, -0.5436]."""
+    Example (tests/test_bnpo.py): groups r = [1, 0, 0], [1, 1, 0] -> alpha = beta = 1.58333,
+    A = [0.5436, -0.2718, -0.2718], [0.2718, 0.2718, -0.5436]."""
 
     def __init__(self, r_min: float = 0.0, r_max: float = 1.0, momentum: float = 0.0, decompose: bool = False,
                  include_total: bool = True):
@@ -128,20 +129,15 @@ class BNPO:
         self.last_alpha[name], self.last_beta[name] = alpha, beta
         return beta_normalized_advantage(scores, p_sample, alpha, beta)
 
-    def reward_terms(self, batch: Batch, step_ctx) -> dict[str, Tensor]:
-        """Unweighted value of every reward term per sample ([B] each), re-scored with the recipe's reward runner."""
-        if step_ctx is None or getattr(step_ctx, "rewards", None) is None:
-            raise ValueError("bnpo: decompose=True needs the reward runner (step_ctx.rewards)")
-        result = step_ctx.rewards.score(batch.info["sample"])
-        device = batch.rewards.device
-        return {k: torch.tensor(v, dtype=torch.float32, device=device) for k, v in result.components.items()}
-
-    def __call__(self, batch: Batch, step_ctx=None) -> Tensor:
+    def __call__(self, batch: Batch) -> Tensor:
         total = to_unit_interval(batch.returns().float(), self.r_min, self.r_max)
         if not self.decompose:
             advantage = self.term_advantage("total", total, batch.group_ids)
             return ops.broadcast_to_tokens(advantage, batch.response_mask)
-        terms = {f"term/{k}": to_unit_interval(v) for k, v in self.reward_terms(batch, step_ctx).items()}
+        if not batch.reward_terms:
+            raise ValueError("bnpo: decompose=True needs batch.reward_terms (the reward runner's per-reward values, "
+                             "filled by the trainer)")
+        terms = {f"term/{k}": to_unit_interval(v.float()) for k, v in batch.reward_terms.items()}
         if self.include_total:
             terms["total"] = total
         advantages = [self.term_advantage(name, scores, batch.group_ids) for name, scores in terms.items()]

@@ -12,32 +12,33 @@ Verified in the official loss (the shaped off-policy term):
 - the other tokens get the usual PPO term −A·ρ, clipped unless ``loss_remove_clip`` (the paper's scripts remove it;
   here ``remove_clip``, default False so normal rows equal ``ppo_clip`` exactly);
 - advantages are those of the mixed group (7 initial + 1 refinement), r − mean without std (the recipe uses
-  ``dr_grpo``). The spec toy: initial rewards [0,0,0,0,0,0,1] + a correct refinement → mean 0.25, refinement
-  A = +0.75, wrong initials −0.25.
+  ``dr_grpo``). Example (tests/test_critique_grpo.py): initial rewards [0,0,0,0,0,0,1] + a correct refinement → mean
+  0.25, refinement A = +0.75, wrong initials −0.25.
 
 Realisation in entropo:
-- ``shaping`` component ``critique_refine`` (class, stage "reward"): the refinements must be in the groups *before*
-  the advantage estimator runs, because their rewards enter the group mean (stage "advantage" would leave them with
-  no principled advantage). For each group it takes the wrong responses (at most ``refine_per_group``, in batch
-  order), asks a critic for a critique of each, builds a refinement prompt (chat: the original messages + the wrong
-  answer as the assistant turn + the critique and an instruction as a user turn; plain text: ``text_template``),
-  samples one refinement per pair with ``step_ctx.engine.generate`` (the loop's rollout generator, so runs stay
-  deterministic), scores it with ``step_ctx.rewards.score`` and keeps per group the first correct refinement, else
-  the highest-scoring one (``keep="best"``, the official ``process_refinement_groups`` rule; an incorrect best is
-  still inserted, spec §18 (g)), or all of them (``keep="all"``). Kept rows are *added* to their group (the paper
-  replaces one of the 8 slots; adding keeps every on-policy sample's statistics and avoids choosing a slot), scored by
-  ``step_ctx.score`` and concatenated into the batch in place (``aepo.replace_contents``). ``batch.extras
-  ["critique_refined"]`` ([B] float, 1 on refinement rows) marks them for the objective.
+- ``producer`` component ``critique_refine`` (entropo/components.py): it runs at rollout time, once the step's rows
+  are sampled, rewarded and selected, so the refinements are in their groups *before* the advantage estimator runs
+  (their rewards enter the group mean). For each group it takes the wrong responses (at most ``refine_per_group``,
+  in batch order), asks a critic for a critique of each, builds a refinement prompt (chat: the original messages +
+  the wrong answer as the assistant turn + the critique and an instruction as a user turn; plain text:
+  ``text_template``), samples one refinement per pair with ``ctx.engine.generate`` (the loop's rollout generator, so
+  runs stay deterministic), rewards it with ``ctx.rewards.score`` and keeps per group the first correct refinement,
+  else the highest-scoring one (``keep="best"``, the official ``process_refinement_groups`` rule; an incorrect best
+  is still inserted, as in the official code), or all of them (``keep="all"``). Kept rows are *returned* with their
+  group's id (the paper replaces one of the 8 slots; adding keeps every on-policy sample's statistics and avoids
+  choosing a slot) and ``Batch.off_policy = True``; the trainer stacks them under the batch and its one scoring pass
+  gives them old log-probs/entropy under the original prompt, like every row. The objective reads the marker.
 - Which prompt a refinement is trained under: the ORIGINAL question. The paper's objective is the likelihood of the
   refined response y' under π_θ(·|q) — the critique is a teacher signal that is not available at test time, so the
   refinement is treated as an off-policy demonstration for q (the official code inserts the refinement as a response
   of the original prompt and marks it with ``prefix_mask``). That is why its tokens get f(π_θ) rather than an
   importance ratio: they were sampled from π(·|q, y, critique), not from π(·|q). The rows are rebuilt as
-  [original prompt | refinement tokens]; their ``behaviour_logprobs`` stay those of the critique-conditioned sampling.
+  [original prompt | refinement tokens]; their ``behaviour_logprobs`` stay those of the critique-conditioned sampling
+  (so the scoring pass recomputes the old log-probs under q).
 - Critics are plain functions ``critic(sample, correct) -> str`` in ``CRITICS`` (``register_critic``), selected by the
   ``critique`` param: "binary" ("The answer X is incorrect.") or "ground_truth" (adds "The correct answer is Y.", the
   paper's "simple_gt"); a "module:function" path plugs in any other callable (e.g. a model critic later).
-- objective ``critique_grpo``: ``ppo_clip`` on normal rows + −A·f(π_θ) on refinement rows.
+- objective ``critique_grpo``: ``ppo_clip`` on normal rows + −A·f(π_θ) on refinement rows (``micro_batch.off_policy``).
 """
 
 from __future__ import annotations
@@ -50,7 +51,6 @@ import torch
 from torch import Tensor
 
 from entropo import ops
-from entropo.algorithms.aepo import replace_contents
 from entropo.algorithms.answers import final_answer
 from entropo.algorithms.objectives import (
     clipped_surrogate,
@@ -58,11 +58,10 @@ from entropo.algorithms.objectives import (
     ratio_metrics,
 )
 from entropo.batch import Batch
+from entropo.components import Produced, RolloutContext
 from entropo.registry import register
 from entropo.trainer import build_batch
 from entropo.types import Example, RolloutOutput, Sample
-
-REFINED_KEY = "critique_refined"
 
 # ---- critics ---------------------------------------------------------------------------------------------------------
 
@@ -176,14 +175,14 @@ def choose_refinements(group_ids: list[int], rewards: list[float], correct: list
     return sorted(best.values())
 
 
-@register("shaping", "critique_refine", stage="reward",
+@register("producer", "critique_refine",
           paper="Critique-GRPO: Advancing LLM Reasoning with Natural Language and Numerical Feedback, arXiv 2506.03106")
 class CritiqueRefine:
-    """Adds critique-guided refinements of wrong responses to their groups (see the module docstring).
+    """Returns critique-guided refinements of wrong responses, in their groups (see the module docstring).
 
     Params: ``critique`` ("binary" | "ground_truth" | "module:function"), ``refine_per_group`` (wrong responses
     refined per group; None = all), ``keep`` ("best" | "all"), ``temperature`` (None = rollout temperature),
-    ``text_template`` / ``chat_instruction`` (refinement prompt). No state across steps (``state_dict`` is empty)."""
+    ``text_template`` / ``chat_instruction`` (refinement prompt). No state across steps."""
 
     def __init__(self, critique: str = "ground_truth", refine_per_group: int | None = None, keep: str = "best",
                  temperature: float | None = None, text_template: str = DEFAULT_TEXT_TEMPLATE,
@@ -196,82 +195,72 @@ class CritiqueRefine:
         self.refine_per_group, self.keep, self.temperature = refine_per_group, keep, temperature
         self.text_template, self.chat_instruction = text_template, chat_instruction
 
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        pass
-
-    def __call__(self, batch: Batch, step_ctx) -> dict[str, float]:
+    def __call__(self, batch: Batch, ctx: RolloutContext) -> Produced:
         device = batch.response_mask.device
-        batch.extras[REFINED_KEY] = torch.zeros(batch.size, device=device)
         rows = refinement_candidates(batch, self.refine_per_group)
-        metrics = {"critique_candidates": float(len(rows)), "critique_refined_rows": 0.0,
-                   "critique_refine_accuracy": 0.0}
+        metrics = {"candidates": float(len(rows)), "refined_rows": 0.0, "refine_accuracy": 0.0,
+                   "refined_correct": 0.0}
         if not rows:
-            return metrics
+            return Produced(metrics=metrics)
         samples = [batch.info["sample"][r] for r in rows]
         prompts = [refinement_prompt(s.example, s.completion, self.critic(s, False), self.text_template,
                                      self.chat_instruction) for s in samples]
-        ro = step_ctx.recipe.rollout
+        ro = ctx.recipe.rollout
         temperature = self.temperature if self.temperature is not None else ro.temperature
-        refined = step_ctx.engine.generate(prompts, 1, temperature=temperature, top_p=ro.top_p,
-                                           max_new_tokens=ro.max_new_tokens, stop=ro.stop,
-                                           generator=step_ctx.rollout_generator)
+        refined = ctx.engine.generate(prompts, 1, temperature=temperature, top_p=ro.top_p,
+                                      max_new_tokens=ro.max_new_tokens, stop=ro.stop,
+                                      generator=ctx.rollout_generator)
         examples = [s.example for s in samples]
         new_samples = [Sample(completion=c, example=e, task=s.task, num_tokens=nt, max_tokens=ro.max_new_tokens,
                               truncated=(fr == "length"))
                        for c, e, s, nt, fr in zip(refined.completions, examples, samples, refined.num_tokens,
                                                   refined.finish_reasons)]
-        scored = step_ctx.rewards.score(new_samples)
+        scored = ctx.rewards.score(new_samples)
         group_ids = batch.group_ids[rows].tolist()
         chosen = choose_refinements(group_ids, scored.rewards, scored.correct, self.keep)
-        metrics["critique_refine_accuracy"] = float(sum(scored.correct)) / len(rows)
+        metrics["refine_accuracy"] = float(sum(scored.correct)) / len(rows)
 
-        prompt_ids = [step_ctx.engine.encode_prompt(e.prompt) for e in examples]
-        relaid = responses_under_prompts(refined, prompt_ids, step_ctx.engine.pad_token_id)
+        prompt_ids = [ctx.engine.encode_prompt(e.prompt) for e in examples]
+        relaid = responses_under_prompts(refined, prompt_ids, ctx.engine.pad_token_id)
         extra = build_batch(relaid, examples, new_samples, scored.rewards, scored.correct, 0, device,
                             reward_terms=scored.components)
         extra = extra.select(chosen)
         extra.group_ids = torch.tensor([group_ids[i] for i in chosen], dtype=torch.long, device=device)
-        step_ctx.score(extra)  # the loop's pre-update pass: old log-probs/entropy under the original prompt
+        extra.off_policy = torch.ones(extra.size, dtype=torch.bool, device=device)
         if batch.token_rewards is not None:
             extra.token_rewards = torch.zeros_like(extra.response_mask)
-        extra.extras[REFINED_KEY] = torch.ones(extra.size, device=device)
-        replace_contents(batch, Batch.concat([batch, extra]))
-        metrics["critique_refined_rows"] = float(extra.size)
-        metrics["critique_refined_correct"] = float(extra.correct.sum())
-        return metrics
+        metrics["refined_rows"] = float(extra.size)
+        metrics["refined_correct"] = float(extra.correct.sum())
+        return Produced(rows=extra, metrics=metrics)
 
 
 # ---- the objective ---------------------------------------------------------------------------------------------------
 
 def shaping_value(prob: Tensor, gamma: float) -> Tensor:
-    """f(p) = p / (p + γ). Spec toy (γ = 0.1): p = 0.01 -> 0.09091, 0.1 -> 0.5, 0.5 -> 0.83333, 0.9 -> 0.9."""
+    """f(p) = p / (p + γ). Examples (γ = 0.1): p = 0.01 -> 0.09091, 0.1 -> 0.5, 0.5 -> 0.83333, 0.9 -> 0.9."""
     return prob / (prob + gamma)
 
 
-def refined_row_mask(extras: dict | None, like: Tensor) -> Tensor:
-    """[B, 1] bool: rows marked as refinements in extras (none when the marker is absent)."""
-    marker = (extras or {}).get(REFINED_KEY)
-    if marker is None:
+def refined_row_mask(micro_batch: Batch | None, like: Tensor) -> Tensor:
+    """[B, 1] bool: the micro-batch's refinement rows (``off_policy``); none without a micro-batch."""
+    if micro_batch is None:
         return torch.zeros(like.shape[0], 1, dtype=torch.bool, device=like.device)
-    return (marker.reshape(like.shape[0], -1)[:, :1] > 0).to(like.device)
+    return micro_batch.off_policy.reshape(like.shape[0], 1).to(like.device)
 
 
 @register("objective", "critique_grpo",
           paper="Critique-GRPO: Advancing LLM Reasoning with Natural Language and Numerical Feedback, arXiv 2506.03106")
 def critique_grpo(logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: Tensor, *,
                   clip_low: float = 0.2, clip_high: float = 0.2, gamma: float = 0.1, remove_clip: bool = False,
-                  extras: dict | None = None) -> tuple[Tensor, dict[str, Tensor]]:
-    """Normal rows: ``ppo_clip`` (−A·ρ unclipped with ``remove_clip``). Refinement rows (``extras
-    ["critique_refined"]``): −A·f(π_θ), f(p) = p/(p + γ), whose gradient is −A·γp/(p + γ)²·∇log π_θ.
+                  micro_batch: Batch | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+    """Normal rows: ``ppo_clip`` (−A·ρ unclipped with ``remove_clip``). Refinement rows (``micro_batch.off_policy``,
+    set by the ``critique_refine`` producer): −A·f(π_θ), f(p) = p/(p + γ), whose gradient is −A·γp/(p + γ)²·∇log π_θ.
     Extra metrics: ``refined_token_frac``, ``refined_prob_mean`` (mean π_θ on refinement tokens)."""
     ratio = importance_ratio(logprobs, old_logprobs)
     on_policy = -advantages * ratio if remove_clip else clipped_surrogate(ratio, advantages, clip_low, clip_high)
     prob = torch.exp(logprobs)
     off_policy = -advantages * shaping_value(prob, gamma)
-    refined = refined_row_mask(extras, logprobs).expand_as(logprobs)
+    refined = refined_row_mask(micro_batch, logprobs).expand_as(logprobs)
     loss = torch.where(refined, off_policy, on_policy)
     active = (mask > 0).float()
     refined_active = active * refined.float()

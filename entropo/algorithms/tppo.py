@@ -7,17 +7,22 @@ al., arXiv 1506.02438.
   after its last token; an unfinished row (a T-PPO window that stopped mid-response, finish reason ``"partial"``)
   bootstraps with the value of the state after its last token — T-PPO's Extended GAE:
   δ_t = r_t + γ V(s_{t+1}) − V(s_t), Â_t = Σ_k (γλ)^k δ_{t+k}, with V(s_l) at the truncation point.
-- ``gae`` (advantage, stateful): a value head — a linear layer (or a one-hidden-layer MLP) on the policy's final
-  hidden state, detached so the critic never moves the policy — that scores V(s_t) for every response token, returns
-  the (whitened) GAE advantages, then fits itself on this batch. T-PPO's selective filtering of the value loss is
-  ``fit_on="finished"``: only complete responses, with Monte-Carlo returns over all their generated tokens (earlier
-  windows included, via the ``generated_mask`` of ``hf_window``); ``fit_on="all"`` is ordinary PPO (GAE returns as
-  targets, bootstrapped ones included). The policy-side filtering (only this window's tokens enter the loss) is done
-  by the ``hf_window`` engine's ``response_mask``.
+- ``gae`` (advantage): a value critic — a linear layer (or a one-hidden-layer MLP) on the policy's final hidden
+  state, detached so the critic never moves the policy — scores V(s_t) for every response token, and the estimator
+  returns the (whitened) GAE advantages. The critic (``ValueCritic``) is the component's learned auxiliary
+  (``entropo.components.Auxiliary``): the estimator only reads it; the trainer fits it in the update phase's
+  auxiliary slot, after this step's advantages used its values and before the policy's optimizer steps (so it reads
+  the same pre-update features, and a batch's advantages never see their own targets), and checkpoints its weights
+  and Adam state. T-PPO's selective filtering of the value loss is ``fit_on="finished"``: only complete responses,
+  with Monte-Carlo returns over all their generated tokens (earlier windows included, via the ``generated_mask`` of
+  ``hf_window``); ``fit_on="all"`` is ordinary PPO (GAE returns as targets, bootstrapped ones included). The
+  policy-side filtering (only this window's tokens enter the loss) is done by the ``hf_window`` engine's
+  ``response_mask``.
 
-Not recovered from the paper (no official code; spec §19 (c), (g)): window length, λ schedule, value-model
+Not recovered from the paper (it has no released code): the window length, the λ schedule and the value model's
 architecture. Here the critic is a head on the shared trunk's detached features with its own Adam, γ = 1 and λ = 0.95
-by default; the spec's toy check (V = [0.5, 0.6, 0.7], V(s_3) = 0.8 → Â = [0.28525, 0.195, 0.1]) is a unit test.
+by default. A hand-computed check (V = [0.5, 0.6, 0.7], V(s_3) = 0.8 → Â = [0.28525, 0.195, 0.1]) is a unit test
+(tests/test_tppo.py).
 """
 
 from __future__ import annotations
@@ -83,33 +88,23 @@ def outcome_token_rewards(batch: Batch, mask: Tensor) -> Tensor:
     return rewards
 
 
-@register("advantage", "gae", paper="T-PPO (Fan et al.), arXiv 2506.15050; GAE (Schulman et al.), arXiv 1506.02438")
-class GAE:
-    """Per-token GAE / Extended GAE with a value head on the policy's detached final hidden state.
+class ValueCritic:
+    """V(s_t) from the policy's detached final hidden state, with its own Adam: ``gae``'s learned auxiliary.
 
-    gamma, lam: GAE discount and trace parameters (T-PPO: γ = 1). whiten: standardise the advantages over the
-    batch's response tokens (PPO practice). value_lr / value_epochs: the critic's Adam step size and full-batch
-    steps per training step. value_hidden: 0 = linear head, > 0 = MLP with that many hidden units. fit_on:
-    "finished" (T-PPO: value loss on complete responses only, full Monte-Carlo returns) or "all" (GAE returns of
-    every row, as in ordinary PPO). seed: the head's initialisation.
-    """
+    Built lazily (the hidden size is known at the first batch); a state loaded before that is applied when it is
+    built. ``fit`` recomputes the batch's features under the current policy (one no-grad pass of the trunk) and
+    takes ``value_epochs`` full-batch Adam steps on the masked squared error to its targets."""
 
-    def __init__(self, gamma: float = 1.0, lam: float = 0.95, whiten: bool = True, value_lr: float = 1e-3,
-                 value_epochs: int = 8, value_hidden: int = 0, fit_on: str = "finished", seed: int = 0):
-        if not 0.0 <= gamma <= 1.0 or not 0.0 <= lam <= 1.0:
-            raise ValueError(f"gae: gamma and lam must lie in [0, 1], got gamma={gamma}, lam={lam}")
-        if fit_on not in ("finished", "all"):
-            raise ValueError(f"gae: fit_on must be 'finished' or 'all', got {fit_on!r}")
-        if value_epochs < 0 or value_hidden < 0:
-            raise ValueError("gae: value_epochs and value_hidden must be >= 0")
-        self.gamma, self.lam, self.whiten = gamma, lam, whiten
+    name = "critic"
+
+    def __init__(self, gamma: float, lam: float, value_lr: float, value_epochs: int, value_hidden: int, fit_on: str,
+                 seed: int):
+        self.gamma, self.lam, self.fit_on, self.seed = gamma, lam, fit_on, seed
         self.value_lr, self.value_epochs, self.value_hidden = value_lr, value_epochs, value_hidden
-        self.fit_on, self.seed = fit_on, seed
         self.head: nn.Module | None = None
         self.optimizer: torch.optim.Optimizer | None = None
         self._pending_state: dict[str, Any] | None = None
 
-    # ---- the critic ------------------------------------------------------------------------------------------------
     def _build(self, hidden_size: int, device: torch.device) -> None:
         gen_state = torch.random.get_rng_state()
         torch.manual_seed(self.seed)  # the head's init depends on the seed only (global RNG restored below)
@@ -128,61 +123,54 @@ class GAE:
             self._pending_state = None
 
     @torch.no_grad()
-    def _features(self, batch: Batch, step_ctx) -> Tensor:
-        """[B, L, H] final hidden states of the current policy (no grad), micro-batched like the scoring pass."""
+    def features(self, batch: Batch, step_ctx) -> Tensor:
+        """[B, L, H] final hidden states of the current policy (no grad), micro-batched like the scoring pass; builds
+        the head on first use."""
         chunks = []
         for micro in batch.split(step_ctx.recipe.train.micro_batch_size):
             position_ids = (micro.attention_mask.long().cumsum(-1) - 1).clamp(min=0)
             chunks.append(decoder_hidden_states(step_ctx.model, micro.input_ids, micro.attention_mask,
                                                 position_ids).float())
-        return torch.cat(chunks)
-
-    def _fit(self, hidden: Tensor, targets: Tensor, mask: Tensor) -> float:
-        """Full-batch Adam steps of the value head on masked squared error; returns the final loss."""
-        if mask.sum() == 0 or self.value_epochs == 0:
-            return float("nan")  # nothing fitted this step
-        for _ in range(self.value_epochs):
-            values, _ = state_values_at_tokens(self.head, hidden)
-            loss = ops.masked_mean((values - targets) ** 2, mask)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-        return float(loss.detach())
-
-    def __call__(self, batch: Batch, step_ctx=None) -> tuple[Tensor, dict[str, float]]:
-        hidden = self._features(batch, step_ctx)
+        hidden = torch.cat(chunks)
         if self.head is None:
             self._build(hidden.shape[-1], hidden.device)
+        return hidden
+
+    @torch.no_grad()
+    def estimate(self, batch: Batch, hidden: Tensor) -> dict[str, Tensor]:
+        """Extended GAE of ``batch`` with this critic's values: advantages, GAE returns, V(s_t) and the partial rows."""
         mask = batch.response_mask
-        generated = batch.extras.get("generated_mask", mask)
         partial = ~batch.finished.to(mask.device) if batch.finished is not None else torch.zeros(
             batch.size, dtype=torch.bool, device=mask.device)
+        values_before, values_after = state_values_at_tokens(self.head, hidden)
+        positions = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)
+        last = torch.where(mask > 0, positions, 0).max(-1).values  # [B] last token of this window
+        bootstrap = values_after.gather(1, last[:, None]).squeeze(1) * partial.float()  # finished rows: 0
+        advantages, returns = generalized_advantages(outcome_token_rewards(batch, mask), values_before, bootstrap,
+                                                     mask, self.gamma, self.lam)
+        return {"advantages": advantages, "returns": returns, "values": values_before, "partial": partial}
 
-        with torch.no_grad():
-            values_before, values_after = state_values_at_tokens(self.head, hidden)
-            positions = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)
-            last = torch.where(mask > 0, positions, 0).max(-1).values  # [B] last token of this window
-            bootstrap = values_after.gather(1, last[:, None]).squeeze(1) * partial.float()  # finished rows: 0
-            rewards = outcome_token_rewards(batch, mask)
-            advantages, gae_returns = generalized_advantages(rewards, values_before, bootstrap, mask, self.gamma,
-                                                             self.lam)
-            explained = _explained_variance(values_before, gae_returns, mask)
-
-        # Fit the critic after using it, so this batch's advantages never see their own targets.
+    def fit(self, batch: Batch, step_ctx) -> dict[str, float]:
+        """The value loss on ``fit_on`` rows after ``value_epochs`` full-batch Adam steps (nan: nothing fitted)."""
+        hidden = self.features(batch, step_ctx)
         if self.fit_on == "finished":
+            generated = batch.extras.get("generated_mask", batch.response_mask)
+            partial = ~batch.finished.to(generated.device) if batch.finished is not None else torch.zeros(
+                batch.size, dtype=torch.bool, device=generated.device)
             fit_mask = generated * (~partial).float()[:, None]
             targets = discounted_returns(outcome_token_rewards(batch, generated), generated, self.gamma)
         else:
-            fit_mask, targets = mask, gae_returns
-        value_loss = self._fit(hidden.detach(), targets.detach(), fit_mask)
+            fit_mask, targets = batch.response_mask, self.estimate(batch, hidden)["returns"]
+        if fit_mask.sum() == 0 or self.value_epochs == 0:
+            return {"value_loss": float("nan")}
+        for _ in range(self.value_epochs):
+            values, _ = state_values_at_tokens(self.head, hidden)
+            loss = ops.masked_mean((values - targets) ** 2, fit_mask)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+        return {"value_loss": float(loss.detach())}
 
-        if self.whiten and mask.sum() > 1:
-            advantages = ops.masked_whiten(advantages, mask) * mask
-        metrics = {"value_loss": value_loss, "value_mean": float(ops.masked_mean(values_before, mask)),
-                   "explained_variance": explained, "bootstrapped_frac": float(partial.float().mean())}
-        return advantages, metrics
-
-    # ---- checkpointing ---------------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         if self.head is None:
             return {"pending": self._pending_state}
@@ -197,6 +185,49 @@ class GAE:
         else:
             self.head.load_state_dict(state["head"])
             self.optimizer.load_state_dict(state["optimizer"])
+
+
+@register("advantage", "gae", paper="T-PPO (Fan et al.), arXiv 2506.15050; GAE (Schulman et al.), arXiv 1506.02438")
+class GAE:
+    """Per-token GAE / Extended GAE with a value critic on the policy's detached final hidden state.
+
+    gamma, lam: GAE discount and trace parameters (T-PPO: γ = 1). whiten: standardise the advantages over the
+    batch's response tokens (PPO practice). value_lr / value_epochs: the critic's Adam step size and full-batch
+    steps per training step. value_hidden: 0 = linear head, > 0 = MLP with that many hidden units. fit_on:
+    "finished" (T-PPO: value loss on complete responses only, full Monte-Carlo returns) or "all" (GAE returns of
+    every row, as in ordinary PPO). seed: the head's initialisation. The critic is ``self.critic``, the component's
+    auxiliary (fitted and checkpointed by the trainer); this call only reads it.
+    """
+
+    def __init__(self, gamma: float = 1.0, lam: float = 0.95, whiten: bool = True, value_lr: float = 1e-3,
+                 value_epochs: int = 8, value_hidden: int = 0, fit_on: str = "finished", seed: int = 0):
+        if not 0.0 <= gamma <= 1.0 or not 0.0 <= lam <= 1.0:
+            raise ValueError(f"gae: gamma and lam must lie in [0, 1], got gamma={gamma}, lam={lam}")
+        if fit_on not in ("finished", "all"):
+            raise ValueError(f"gae: fit_on must be 'finished' or 'all', got {fit_on!r}")
+        if value_epochs < 0 or value_hidden < 0:
+            raise ValueError("gae: value_epochs and value_hidden must be >= 0")
+        self.whiten = whiten
+        self.critic = ValueCritic(gamma, lam, value_lr, value_epochs, value_hidden, fit_on, seed)
+
+    def auxiliaries(self) -> list[ValueCritic]:
+        return [self.critic]
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Checkpoints written before the critic became an auxiliary hold it in this component's own state."""
+        self.critic.load_state_dict(state)
+
+    def __call__(self, batch: Batch, step_ctx=None) -> tuple[Tensor, dict[str, float]]:
+        hidden = self.critic.features(batch, step_ctx)
+        est = self.critic.estimate(batch, hidden)
+        mask = batch.response_mask
+        advantages = est["advantages"]
+        if self.whiten and mask.sum() > 1:
+            advantages = ops.masked_whiten(advantages, mask) * mask
+        metrics = {"value_mean": float(ops.masked_mean(est["values"], mask)),
+                   "explained_variance": _explained_variance(est["values"], est["returns"], mask),
+                   "bootstrapped_frac": float(est["partial"].float().mean())}
+        return advantages, metrics
 
 
 def _explained_variance(values: Tensor, returns: Tensor, mask: Tensor) -> float:
