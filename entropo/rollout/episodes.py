@@ -202,6 +202,15 @@ def _finish(ep: _Episode, reason: str) -> None:
         log.warning("environment %s failed to close: %s", type(ep.env).__name__, e)
 
 
+def single_action_episode(prompt_ids: list[int], ids: list[int], logprobs: Tensor, entropies: Tensor, reason: str,
+                          text: str) -> _Episode:
+    """A finished one-turn episode from an engine's own sampling (tree leaves, window continuations)."""
+    ep = _Episode(env=None, example=None, prompt_ids=list(prompt_ids), templated=False, max_turns=1, messages=[],
+                  actions=[text], reason=reason, running=False)
+    ep.add(ids, True, 0, logprobs.float(), entropies.float())
+    return ep
+
+
 def assemble(episodes: list[_Episode], row_prompt_index: list[int], pad_token_id: int, decode_batch
              ) -> RolloutOutput:
     """Lay episodes out as [left padding | prompt | turns | right padding] rows of one RolloutOutput."""

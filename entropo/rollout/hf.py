@@ -28,7 +28,7 @@ from torch import Tensor
 from entropo.envs.base import EnvFactory, single_turn_factory
 from entropo.registry import register
 from entropo.rollout.chat import ChatFormat
-from entropo.rollout.episodes import EpisodeLimits, assemble, run_episodes
+from entropo.rollout.episodes import EpisodeLimits, assemble, run_episodes, single_action_episode
 from entropo.types import Example, RolloutOutput
 
 
@@ -353,35 +353,10 @@ class HFEngine:
 
     def _assemble(self, prompt_token_ids, row_prompt_index, responses, response_logprobs, response_entropies,
                   finish_reasons) -> RolloutOutput:
-        """Lay rows out as [left padding | prompt | response | right padding], width = the longest row."""
-        num_rows = len(row_prompt_index)
-        prompt_width = max(len(prompt_token_ids[i]) for i in row_prompt_index)
-        response_width = max((len(r) for r in responses), default=0)
-        width = prompt_width + response_width
-        input_ids = torch.full((num_rows, width), self.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((num_rows, width), dtype=torch.long)
-        response_mask = torch.zeros((num_rows, width), dtype=torch.float32)
-        behaviour_logprobs = torch.zeros((num_rows, width), dtype=torch.float32)
-        behaviour_entropy = torch.zeros((num_rows, width), dtype=torch.float32)
-        for r, p in enumerate(row_prompt_index):
-            prompt = prompt_token_ids[p]
-            input_ids[r, prompt_width - len(prompt): prompt_width] = torch.tensor(prompt, dtype=torch.long)
-            attention_mask[r, prompt_width - len(prompt): prompt_width] = 1
-            end = prompt_width + len(responses[r])
-            if responses[r]:
-                input_ids[r, prompt_width:end] = torch.tensor(responses[r], dtype=torch.long)
-            attention_mask[r, prompt_width:end] = 1
-            response_mask[r, prompt_width:end] = 1.0
-            behaviour_logprobs[r, prompt_width:end] = response_logprobs[r]
-            behaviour_entropy[r, prompt_width:end] = response_entropies[r]
-        return RolloutOutput(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            response_mask=response_mask,
-            behaviour_logprobs=behaviour_logprobs,
-            behaviour_entropy=behaviour_entropy,
-            prompt_index=torch.tensor(row_prompt_index, dtype=torch.long),
-            completions=self.tokenizer.batch_decode(responses, skip_special_tokens=True),
-            num_tokens=[len(r) for r in responses],
-            finish_reasons=list(finish_reasons),
-        )
+        """Lay single-turn rows out as [left padding | prompt | response | right padding] (the episode layout)."""
+        texts = self.tokenizer.batch_decode(responses, skip_special_tokens=True)
+        episodes = [single_action_episode(prompt_token_ids[p], ids, lp, ent, why, text)
+                    for p, ids, lp, ent, why, text in zip(row_prompt_index, responses, response_logprobs,
+                                                          response_entropies, finish_reasons, texts)]
+        return assemble(episodes, list(row_prompt_index), self.pad_token_id,
+                        lambda rows: self.tokenizer.batch_decode(rows, skip_special_tokens=True))
