@@ -305,7 +305,8 @@ def _check_component(kind: str, comp: Component, where: str, skip_params: tuple[
         fn = registry.get(kind, comp.name)
     target = fn.__init__ if inspect.isclass(fn) else fn
     try:
-        sig = inspect.signature(target)
+        # a class without its own __init__ (object's takes *args, **kwargs) accepts no params
+        sig = inspect.Signature() if target is object.__init__ else inspect.signature(target)
     except (TypeError, ValueError):  # no introspectable signature (a builtin): the call itself reports bad params
         return
     if any(p.kind == p.VAR_KEYWORD for p in sig.parameters.values()):

@@ -452,3 +452,12 @@ def test_batches_with_and_without_turn_rewards_concatenate():
     b.token_rewards = None  # e.g. a refill round whose episodes earned no turn reward
     both = Batch.concat([a, b])
     assert torch.equal(both.token_rewards[:2], a.token_rewards) and torch.all(both.token_rewards[2:] == 0)
+
+
+def test_params_for_a_parameterless_environment_are_one_clear_error(tiny_recipe_overrides):
+    """Switching a tool recipe to single_turn by name alone keeps the tool's params: refused at load, naming them."""
+    from entropo.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"environment\.params: unknown parameter\(s\) 'max_turns' for environment "
+                                          r"'single_turn'\. Allowed: \(none\)"):
+        load_recipe(None, tiny_recipe_overrides + ["environment={name: single_turn, params: {max_turns: 3}}"])
