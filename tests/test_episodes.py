@@ -461,3 +461,24 @@ def test_params_for_a_parameterless_environment_are_one_clear_error(tiny_recipe_
     with pytest.raises(ConfigError, match=r"environment\.params: unknown parameter\(s\) 'max_turns' for environment "
                                           r"'single_turn'\. Allowed: \(none\)"):
         load_recipe(None, tiny_recipe_overrides + ["environment={name: single_turn, params: {max_turns: 3}}"])
+
+
+@pytest.mark.parametrize("limit", [{"max_observation_tokens": 4}, {"max_episode_tokens": 14}])
+def test_replies_cut_by_a_limit_are_not_counted_as_template_mismatches(tiny_world, limit):
+    """Canonical actions and a reply cut by a limit: the template check covers everything before the cut."""
+    model, tok = tiny_world
+    engine = HFEngine(model, tok)
+    action = tok("<py>1+2</py>", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+
+    def forced(contexts, temperature, top_p, budget, stops, generator, device):
+        ids = action[:budget]
+        return [ids] * len(contexts), [torch.zeros(len(ids))] * len(contexts), [torch.zeros(len(ids))] * len(
+            contexts), ["eos" if len(ids) == len(action) else "length"] * len(contexts)
+
+    engine._generate_micro_batch = forced
+    out = engine.generate([Example(prompt=[{"role": "user", "content": "1+2="}])], 2, max_new_tokens=16,
+                          environment=EnvFactory(Scripted, {"reply": "a long tool output"}),
+                          limits=EpisodeLimits(**limit))
+    cut = [e.truncated_observations for e in out.episodes] if "max_observation_tokens" in limit else out.finish_reasons
+    assert cut == ([2, 2] if "max_observation_tokens" in limit else ["budget", "budget"])
+    assert [e.template_mismatch for e in out.episodes] == [0, 0]

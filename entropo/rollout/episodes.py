@@ -61,6 +61,10 @@ class _Episode:
     reason: str = ""
     info: EpisodeInfo = field(default_factory=EpisodeInfo)
     running: bool = True
+    # The template check covers ids[:exact_upto] and ``messages``: everything up to the first reply cut short by a
+    # limit (a cut reply is not the encoding of any message, so nothing after it can be compared).
+    exact_upto: int = 0
+    exact: bool = True
 
     def add(self, ids: Sequence[int], policy: bool, turn: int, logprobs: Tensor | None = None,
             entropies: Tensor | None = None) -> None:
@@ -142,8 +146,9 @@ def run_episodes(
                     ep.info.info.update(result.info)
                 if result.correct is not None:
                     ep.info.env_correct = bool(result.correct)
-                if ep.templated:
+                if ep.templated and ep.exact:
                     ep.messages.append({"role": "assistant", "content": ep.actions[-1]})
+                    ep.exact_upto = len(ep.ids)
                 if result.done:
                     _finish(ep, ep.reason)
                 elif turn + 1 >= ep.max_turns:
@@ -156,7 +161,7 @@ def run_episodes(
 
     for ep in episodes:
         if limits.check_template and ep.templated:
-            ep.info.template_mismatch = chat.template_mismatch(ep.prompt_ids + ep.ids, ep.messages)
+            ep.info.template_mismatch = chat.template_mismatch(ep.prompt_ids + ep.ids[:ep.exact_upto], ep.messages)
             if ep.info.template_mismatch and limits.strict_template:
                 raise ValueError(
                     f"multi-turn trajectory differs from the chat template's encoding of the same conversation at "
@@ -183,13 +188,15 @@ def _append_reply(ep: _Episode, result: StepResult, chat: ChatFormat, limits: Ep
     if cap is not None and len(reply) > cap:
         reply = reply[:cap]
         ep.info.truncated_observations += 1
+        ep.exact = False
     left = _remaining(ep, limits)
     if left is not None and len(reply) >= left:  # no room for the reply and one more action token
         ep.add(reply[:left], False, turn)
+        ep.exact = False
         _finish(ep, "budget")
         return
     ep.add(reply, False, turn)
-    if ep.templated:
+    if ep.templated and ep.exact:
         ep.messages += chat.observation_messages(observation, role)
 
 
