@@ -27,7 +27,7 @@ def demonstration_ids(chat, first_observation, messages, role: str, eos_id: int)
     end_of_turn = chat.close_ids[0] if templated and chat.close_ids else eos_id
     for message in messages:
         if message["role"] == "assistant":
-            action = chat._encode(message["content"]) + [end_of_turn]
+            action = chat.encode(message["content"]) + [end_of_turn]
             ids, mask = ids + action, mask + [1.0] * len(action)
         else:
             reply = chat.reply_ids(ids[-1:], message, templated, role)

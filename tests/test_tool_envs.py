@@ -2,6 +2,7 @@
 SFT demonstration laid out exactly as a sampled episode."""
 
 import time
+from collections.abc import Sequence
 from typing import Literal, Optional
 
 import pytest
@@ -59,6 +60,14 @@ def test_tool_schema_from_type_hints_and_docstring():
         "values": {"type": "array", "items": {"type": "number"}}, "factor": {"type": "number"}}
     with pytest.raises(ValueError, match="needs a docstring"):
         tool_schema(lambda x: x)
+
+    def pick(ids: Sequence[int], limit: int | None = None) -> list:
+        """Pick ids."""
+        return list(ids)[:limit]
+
+    assert tool_schema(pick)["parameters"]["properties"] == {
+        "ids": {"type": "array", "items": {"type": "integer"}}, "limit": {"type": "integer"}}
+    assert ToolEnv(tools=[pick]).call('{"name": "pick", "arguments": {"ids": [3, 4, 5], "limit": 2}}') == "[3, 4]"
 
 
 def test_tool_calls_results_and_every_error_as_an_observation():

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import ast
 import re
-from typing import Any
 
 from entropo.envs.base import Environment, Message, StepResult
 from entropo.registry import register
@@ -74,11 +73,6 @@ class PythonTool(Environment):
         self.demo_template = demo_template
         self.sandbox = PythonSandbox(SandboxLimits(timeout_s=timeout_s, cpu_s=max(1, int(timeout_s) + 1),
                                                    memory_mb=int(memory_mb)))
-
-    def reset(self, example: Example, seed: int) -> Any:
-        del seed
-        self.example = example
-        return example.prompt
 
     def step(self, action: str) -> StepResult:
         code = last_code_block(action, self.code_start, self.code_end)

@@ -10,19 +10,20 @@ A turn without a tool call is the final answer. Name the tools in a recipe by im
     environment: {name: tools, params: {tools: ["my_pkg.tools:lookup", "my_pkg.tools:add"], max_turns: 4}}
 
 or subclass ``ToolEnv`` in your own module with ``tools = [lookup, add]`` and name that class. Tool functions are
-your code and run in the trainer's process (on a worker thread with a time limit); code the *model* writes runs in
-``python_tool``'s sandbox instead.
+your code and run in the trainer's process (each call on its own thread, abandoned at the time limit); code the *model*
+writes runs in ``python_tool``'s sandbox instead.
 """
 
 from __future__ import annotations
 
+import collections.abc
 import importlib
 import inspect
 import json
 import re
+import threading
+import types
 import typing
-from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, Callable, Sequence
 
 from entropo.envs.base import Environment, StepResult
@@ -30,18 +31,20 @@ from entropo.registry import register
 from entropo.types import Example
 
 _JSON_TYPES = {str: "string", int: "integer", float: "number", bool: "boolean", list: "array", dict: "object"}
+_SEQUENCES = (list, collections.abc.Sequence)  # typing.get_origin of list[X] and Sequence[X]
+_UNIONS = (typing.Union, types.UnionType)  # Optional[X] / Union[X, Y] and X | Y
 CALL_RE = re.compile(r"<tool_call>\s*(.*?)\s*</tool_call>", re.DOTALL)
 
 
 def _json_type(annotation: Any) -> dict[str, Any]:
     origin = typing.get_origin(annotation)
-    if origin in (list, Sequence, typing.Sequence):
+    if origin in _SEQUENCES:
         (item,) = typing.get_args(annotation) or (Any,)
         return {"type": "array", "items": _json_type(item)} if item is not Any else {"type": "array"}
     if origin is typing.Literal:
         values = list(typing.get_args(annotation))
         return {"type": _JSON_TYPES.get(type(values[0]), "string"), "enum": values}
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+    if origin in _UNIONS:
         args = [a for a in typing.get_args(annotation) if a is not type(None)]
         return _json_type(args[0]) if len(args) == 1 else {"anyOf": [_json_type(a) for a in args]}
     if annotation in _JSON_TYPES:
@@ -98,14 +101,14 @@ def _check_value(value: Any, annotation: Any) -> Any:
         if value not in typing.get_args(annotation):
             raise TypeError(f"must be one of {list(typing.get_args(annotation))}")
         return value
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+    if origin in _UNIONS:
         for arg in typing.get_args(annotation):
             try:
                 return None if (arg is type(None) and value is None) else _check_value(value, arg)
             except TypeError:
                 continue
         raise TypeError(f"does not match {annotation}")
-    if origin in (list, Sequence, typing.Sequence):
+    if origin in _SEQUENCES:
         if not isinstance(value, list):
             raise TypeError("must be a list")
         (item,) = typing.get_args(annotation) or (Any,)
@@ -136,7 +139,24 @@ def resolve_tool(ref: Any) -> Callable[..., Any]:
     return obj
 
 
-_POOL = ThreadPoolExecutor(max_workers=8, thread_name_prefix="entropo-tool")
+def call_with_limit(fn: Callable[..., Any], kwargs: dict[str, Any], timeout_s: float) -> tuple[bool, Any]:
+    """(finished, result or exception) of ``fn(**kwargs)`` on its own daemon thread, waiting at most ``timeout_s``.
+    A call still running at the limit is abandoned (a Python thread cannot be killed); it holds no shared worker, so
+    it never delays other calls, and a daemon thread does not keep the process alive."""
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["result"] = fn(**kwargs)
+        except Exception as e:  # the tool's own failure is the model's observation
+            box["error"] = e
+
+    thread = threading.Thread(target=target, daemon=True, name=f"entropo-tool-{getattr(fn, '__name__', 'fn')}")
+    thread.start()
+    thread.join(timeout_s)
+    if thread.is_alive():
+        return False, None
+    return True, box["error"] if "error" in box else box.get("result")
 
 
 @register("environment", "tools", paper="typed Python functions as tools (Hermes-style <tool_call> JSON)")
@@ -208,12 +228,10 @@ class ToolEnv(Environment):
                     raise TypeError(f"argument {k!r} {e}") from None
         except TypeError as e:
             return f"error: {name}: {e}"
-        future = _POOL.submit(fn, **checked)
-        try:
-            result = future.result(timeout=self.timeout_s)
-        except FutureTimeout:
+        finished, result = call_with_limit(fn, checked, self.timeout_s)
+        if not finished:
             return f"error: {name} timed out after {self.timeout_s:g} s"
-        except Exception as e:  # the tool's own failure is the model's observation
-            return f"error: {name} raised {type(e).__name__}: {e}"
+        if isinstance(result, Exception):
+            return f"error: {name} raised {type(result).__name__}: {result}"
         text = result if isinstance(result, str) else json.dumps(result, default=str)
         return text[: self.output_chars]

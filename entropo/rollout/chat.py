@@ -58,7 +58,7 @@ class ChatFormat:
     def prompt_ids(self, prompt: str | list[Message]) -> list[int]:
         # Chat templates already contain any BOS they want; plain strings get the tokenizer's usual specials.
         text = self.format_prompt(prompt)
-        return self._encode(text, add_special_tokens=not self.uses_template(prompt))
+        return self.encode(text, add_special_tokens=not self.uses_template(prompt))
 
     # ---- replies -------------------------------------------------------------------------------------------------
     @cached_property
@@ -71,14 +71,14 @@ class ChatFormat:
         if not full.startswith(head):
             raise ValueError("the chat template does not render an assistant message as prompt + content + suffix; "
                              "multi-turn rollouts need an append-only template")
-        return self._encode(full[len(head):])
+        return self.encode(full[len(head):])
 
     def reply_ids(self, action_ids: Sequence[int], observation: Any, templated: bool, role: str) -> list[int]:
         """Ids appended after an action: the rest of the action's end-of-turn, then the observation and the
         generation prompt of the next assistant turn (templated), or the observation text as is (plain)."""
         messages = self.observation_messages(observation, role)
         if not templated:
-            return self._encode("".join(m["content"] for m in messages))
+            return self.encode("".join(m["content"] for m in messages))
         close = self.close_ids
         if action_ids and close and action_ids[-1] == close[0]:
             close = close[1:]  # the policy sampled the end-of-turn token itself: keep its id, add what follows
@@ -100,14 +100,14 @@ class ChatFormat:
         if not after.startswith(before):
             raise ValueError("the chat template rewrites earlier turns when a message is added; multi-turn rollouts "
                              "need an append-only template")
-        return self._encode(after[len(before):])
+        return self.encode(after[len(before):])
 
     # ---- checks --------------------------------------------------------------------------------------------------
     def template_mismatch(self, ids: Sequence[int], messages: list[Message]) -> int:
         """Positions where ``ids`` (a trajectory: prompt, actions, replies) differ from the template's own encoding
         of ``messages`` (the whole conversation, the last message an assistant turn), compared over the common
         length plus any length difference; 0 means what we train on is what the template would give."""
-        reference = self._encode(self._render(messages, add_generation_prompt=False))
+        reference = self.encode(self._render(messages, add_generation_prompt=False))
         n = min(len(ids), len(reference))
         differ = sum(a != b for a, b in zip(ids[:n], reference[:n]))
         # The template ends the last assistant turn with its full close (e.g. "<|im_end|>\n"); the trajectory ends
@@ -125,5 +125,5 @@ class ChatFormat:
     def _render(self, messages: list[Message], add_generation_prompt: bool) -> str:
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
 
-    def _encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"])

@@ -45,8 +45,8 @@ class EpisodeLimits:
 
 @dataclass
 class _Episode:
-    env: Environment
-    example: Example
+    env: Environment | None  # None for one-turn rows an engine sampled itself (tree leaves, window continuations)
+    example: Example | None
     prompt_ids: list[int]
     templated: bool
     max_turns: int
@@ -94,11 +94,12 @@ def run_episodes(
     sample_turn: TurnSampler,
     limits: EpisodeLimits,
     stop: Sequence[str] = (),
-    decode: Callable[[list[int]], str] | None = None,
     workers: int = 8,
 ) -> list[_Episode]:
     """Play one episode per (env, example, seed) row; returns the finished episodes in row order."""
-    decode = decode or (lambda ids: chat.tokenizer.decode(ids, skip_special_tokens=True))
+    def decode(ids: list[int]) -> str:  # the action's text, for the environment only; never re-encoded
+        return chat.tokenizer.decode(ids, skip_special_tokens=True)
+
     episodes: list[_Episode] = []
     for env, example, seed in zip(envs, examples, seeds):
         max_turns = limits.max_turns if limits.max_turns is not None else int(getattr(env, "max_turns", 1))

@@ -133,6 +133,8 @@ class HFWindowEngine(HFEngine):
         out.prompt_index = torch.tensor([slot_of[r.group] for r in rows], dtype=torch.long)
         out.payloads = payloads
         out.completions = full_texts  # rewards judge the whole response, not just this window
+        for episode, text in zip(out.episodes, full_texts):
+            episode.final_action, episode.actions = text, [text]
         out.num_tokens = [len(r.generated_ids) + len(new_ids[i]) for i, r in enumerate(rows)]
         out.extras = {"generated_mask": generated_mask}
         return out

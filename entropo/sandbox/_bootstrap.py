@@ -322,15 +322,20 @@ def _install_guards(workdir: str, network: bool) -> None:
 # Modes
 
 
-def run_python(config: dict) -> None:
-    with open("main.py", encoding="utf-8") as f:
-        source = f.read()
-    workdir = os.getcwd()
+def _setup_or_exit(config: dict) -> None:
+    """Apply the isolation layers; a layer that cannot be set up ends the process before any user code runs."""
     try:
         setup(config)
     except SetupError as e:
         sys.stderr.write(f"sandbox setup failed: {e}\n")
         os._exit(SETUP_FAILED)
+
+
+def run_python(config: dict) -> None:
+    with open("main.py", encoding="utf-8") as f:
+        source = f.read()
+    workdir = os.getcwd()
+    _setup_or_exit(config)
     sys.argv = ["main.py"]
     sys.path.insert(0, workdir)
     main = types.ModuleType("__main__")
@@ -405,11 +410,7 @@ def run_sqlite(config: dict) -> None:
     deadline = time.monotonic() + float(config["time_limit_s"])
     with open("query.sql", encoding="utf-8") as f:
         sql = f.read()
-    try:
-        setup(config)
-    except SetupError as e:
-        sys.stderr.write(f"sandbox setup failed: {e}\n")
-        os._exit(SETUP_FAILED)
+    _setup_or_exit(config)
     max_rows, max_cell = int(config["max_rows"]), int(config["max_cell_chars"])
 
     def fail(message: str) -> None:
