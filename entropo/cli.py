@@ -304,22 +304,26 @@ def reproduce(
                                 "model, and robust on a shared machine; 0 = leave torch's default)."),
     summary_md: Optional[Path] = typer.Option(None, "--summary-md", help="Also write the summary table with the "
                                               "command that regenerates it to this file (e.g. docs/reproduce_quick.md)."),
+    suite: str = typer.Option("entropy", "--suite", help="Which experiments run when --only is not given: entropy "
+                              "(the RLVR entropy methods) or another suite, e.g. agents."),
 ):
     """Small-scale reproductions of each method's paper claim: runs the suite and writes OUT/report.md."""
     from entropo.config import ConfigError
     from entropo.reproduce import SuiteConfig, run_suite
 
     scale = {k: v for k, v in (("seeds", seeds), ("steps", steps)) if v is not None}
-    extra = {"overrides": list(set_), "threads": threads or None}
+    extra = {"overrides": list(set_), "threads": threads or None, "fixed_steps": steps is not None}
     cfg = SuiteConfig.quick(**scale, **extra) if quick else SuiteConfig(**scale, **extra)
-    out_dir = out or Path("runs") / ("reproduce_quick" if quick else "reproduce")
-    command = " ".join(["entropo reproduce", *(["--quick"] if quick else []), *(f"--only {o}" for o in only),
+    default_dir = "reproduce" if suite == "entropy" else f"reproduce_{suite}"
+    out_dir = out or Path("runs") / (f"{default_dir}_quick" if quick else default_dir)
+    command = " ".join(["entropo reproduce", *(["--quick"] if quick else []),
+                        *([f"--suite {suite}"] if suite != "entropy" else []), *(f"--only {o}" for o in only),
                         *(f"--{k} {v}" for k, v in scale.items()), *(f"--set {o}" for o in set_),
                         *([f"--out {out}"] if out else []), *([f"--summary-md {summary_md}"] if summary_md else [])])
     console.print(f"[bold]entropo reproduce[/] {cfg.seeds} seed(s) × {cfg.steps} steps → {out_dir}")
     try:
         summary = run_suite(out_dir, cfg, only=list(only), console=lambda text: console.print(text, highlight=False),
-                            command=command)
+                            command=command, suite=suite)
     except (ConfigError, ValueError, FileExistsError) as e:
         _fail(str(e))
     from entropo.reproduce.report import VERDICT_MARK, summary_document

@@ -289,3 +289,43 @@ def test_reproduce_cli_writes_report(tmp_path, monkeypatch):
     assert all(row in doc for row in table) and "entropo reproduce --quick --only entropy_identity" in doc
     again = CliRunner().invoke(app, args)  # finished runs are reused
     assert again.exit_code == 0 and again.output.count("reusing") == 2
+
+
+def test_custom_experiment_and_suites(tmp_path, monkeypatch):
+    """A custom experiment runs its own function once per invocation and its result is the report's; --suite picks
+    the experiments of one suite, --only finds experiments of any suite; an experiment's own step count applies
+    unless the user fixed one."""
+    from entropo.reproduce import experiments
+    from entropo.reproduce.runner import experiment_config, run_suite
+
+    calls = []
+
+    def run(cfg, out_dir, console):
+        calls.append(cfg.steps)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        import matplotlib.pyplot as plt
+        fig, ax = plt.subplots()
+        ax.plot([0, 1], [0, 1])
+        fig.savefig(out_dir / "curve.png")
+        plt.close(fig)
+        return experiments.CustomResult(NOT_HELD, "x 0.25 vs y 0.5", [{"check": "x > y", "detail": "0.25 vs 0.5",
+                                                                       "verdict": NOT_HELD}],
+                                        lines=["custom table"], plots=[out_dir / "curve.png"], values={"x": 0.25})
+
+    exp = experiments.Experiment("custom_toy", "1. a custom toy", "paper", "x beats y", [], [], kind="custom",
+                                 suite="toys", steps=7, run=run)
+    monkeypatch.setattr(experiments, "EXPERIMENTS", [*experiments.EXPERIMENTS, exp])
+    monkeypatch.setitem(experiments.EXPERIMENTS_BY_NAME, "custom_toy", exp)
+    monkeypatch.setattr(experiments, "SUITES", sorted({*experiments.SUITES, "toys"}))
+    assert [e.name for e in select([], "toys")] == ["custom_toy"]
+    assert all(e.suite == "entropy" for e in select([]))
+    with pytest.raises(ValueError, match="--suite"):
+        select([], "nope")
+    assert experiment_config(exp, SuiteConfig(steps=3)).steps == 7
+    assert experiment_config(exp, SuiteConfig(steps=3, fixed_steps=True)).steps == 3
+    summary = run_suite(tmp_path, SuiteConfig(seeds=1, steps=3), suite="toys", console=lambda *_: None)
+    entry = summary["experiments"]["custom_toy"]
+    assert calls == [7] and entry["verdict"] == NOT_HELD and entry["values"] == {"x": 0.25}
+    report = (tmp_path / "report.md").read_text()
+    assert "custom table" in report and "| x > y | 0.25 vs 0.5 |" in report
+    assert entry["plots"] == ["plots/custom_toy_curve.png"] and (tmp_path / entry["plots"][0]).exists()

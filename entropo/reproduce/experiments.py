@@ -296,6 +296,19 @@ ARMS: dict[str, Arm] = {
 
 
 @dataclass
+class CustomResult:
+    """What a custom experiment reports: its verdict, a one-line measured summary, its checks (dicts with keys
+    check, detail, verdict), extra Markdown lines for its report section, plot paths and raw values for summary.json."""
+
+    verdict: str
+    measured: str
+    checks: list[dict[str, Any]] = field(default_factory=list)
+    lines: list[str] = field(default_factory=list)
+    plots: list[Any] = field(default_factory=list)
+    values: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
 class Experiment:
     name: str
     title: str
@@ -309,6 +322,11 @@ class Experiment:
     extra_plots: list[str] = field(default_factory=list)
     targets: dict[str, float] = field(default_factory=dict)  # arm -> entropy target (drawn on the entropy plot)
     note: str = ""
+    suite: str = "entropy"  # the `entropo reproduce --suite` that runs it (entropy: the RLVR entropy methods)
+    steps: int | None = None  # this experiment's RL steps per run (None: the suite's; a user's --steps wins)
+    # kind="custom": run(cfg, out_dir, console) -> CustomResult, for experiments that are not trainer-run arms
+    # (inference-time methods, non-LM policies); it writes what it needs under out_dir and is rerun every time
+    run: Callable[..., CustomResult] | None = None
 
     def measures(self) -> list[str]:
         return sorted({c.measure for c in self.checks})
@@ -409,14 +427,37 @@ EXPERIMENTS: list[Experiment] = [
     ),
 ]
 
+
+
+def _load_suites() -> None:
+    """Add the experiments and arms of every module in ``entropo.reproduce.suites`` (each defines ``ARMS`` and
+    ``EXPERIMENTS``), so a method's experiment lives beside nothing else's."""
+    import importlib
+    import pkgutil
+
+    from entropo.reproduce import suites
+
+    for info in sorted(pkgutil.iter_modules(suites.__path__), key=lambda i: i.name):
+        module = importlib.import_module(f"{suites.__name__}.{info.name}")
+        for name, arm in getattr(module, "ARMS", {}).items():
+            if name in ARMS:
+                raise ValueError(f"reproduce arm {name!r} of {module.__name__} is already defined")
+            ARMS[name] = arm
+        EXPERIMENTS.extend(getattr(module, "EXPERIMENTS", []))
+
+
+_load_suites()
 EXPERIMENTS_BY_NAME = {e.name: e for e in EXPERIMENTS}
+SUITES = sorted({e.suite for e in EXPERIMENTS})
 
 
-def select(only: list[str] | None) -> list[Experiment]:
-    """The experiments named in ``only`` (experiment, arm or method recipe names, e.g. ``kl_cov``, ``aepo``), all when
-    empty."""
+def select(only: list[str] | None, suite: str = "entropy") -> list[Experiment]:
+    """The experiments named in ``only`` (experiment, arm or method recipe names, e.g. ``kl_cov``, ``aepo``), from any
+    suite; all of ``suite``'s when empty."""
     if not only:
-        return list(EXPERIMENTS)
+        if suite not in SUITES:
+            raise ValueError(f"--suite {suite!r}: unknown; allowed: {', '.join(SUITES)}")
+        return [e for e in EXPERIMENTS if e.suite == suite]
     chosen = []
     for name in only:
         if name in EXPERIMENTS_BY_NAME:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -231,7 +232,8 @@ def _arm_overrides(arm: str) -> str:
 
 
 def write_report(out_dir: Path, experiments: list[Experiment], runs: dict[str, list[Rows]], cfg, wall_s: float,
-                 command: str = "", load: tuple[float, float] | None = None) -> dict[str, Any]:
+                 command: str = "", load: tuple[float, float] | None = None, custom: dict | None = None,
+                 configs: dict | None = None) -> dict[str, Any]:
     """Measure, check, plot and write OUT/report.md and OUT/summary.json; returns the summary."""
     from entropo.reproduce.runner import arm_recipe
 
@@ -246,7 +248,20 @@ def write_report(out_dir: Path, experiments: list[Experiment], runs: dict[str, l
         entry: dict[str, Any] = {"title": exp.title, "paper": exp.paper, "claim": exp.claim}
         images: list[Path] = []
         lines = [f"## {exp.title}", "", f"**Paper:** {exp.paper}", "", f"**Claim:** {exp.claim}", ""]
-        if exp.kind == "bandit":
+        exp_cfg = (configs or {}).get(exp.name, cfg)
+        if exp.kind == "custom":
+            res = (custom or {})[exp.name]
+            lines += res.lines
+            if res.checks:
+                lines += ["", "| check | measured | verdict |", "|---|---|---|"]
+                lines += [f"| {c['check']} | {c['detail']} | {VERDICT_MARK[c['verdict']]} |" for c in res.checks]
+            for p in map(Path, res.plots):  # the report links plots/<name>: copy what the experiment drew elsewhere
+                if p.parent.resolve() != plots.resolve():
+                    p = Path(shutil.copy(p, plots / f"{exp.name}_{p.name}"))
+                images.append(p)
+            entry.update({"verdict": res.verdict, "checks": res.checks, "measured": res.measured,
+                          "values": res.values})
+        elif exp.kind == "bandit":
             res = bandit.identity_experiment(num=500, arms=10, etas=BANDIT_ETAS, seed=0)
             verdict, checks, measured = identity_section(res)
             images.append(plot_identity(res, plots / f"{exp.name}.png"))
@@ -284,11 +299,11 @@ def write_report(out_dir: Path, experiments: list[Experiment], runs: dict[str, l
             if "samples" in exp.extra_plots:
                 samples = {}
                 for a in exp.arms:
-                    r = arm_recipe(a, 0, cfg)
+                    r = arm_recipe(a, 0, exp_cfg)
                     samples[a] = r.rollout.prompts_per_step * r.rollout.n * r.rollout.max_tries
                 images.append(plot_samples(exp, exp_runs, samples, plots / f"{exp.name}_samples.png"))
             if "sampler" in exp.extra_plots and "dump" in exp.arms:
-                tasks = arm_recipe("dump", 0, cfg).task.params.get("tasks", [])
+                tasks = arm_recipe("dump", 0, exp_cfg).task.params.get("tasks", [])
                 labels = [t.get("label") or t["name"] for t in tasks]
                 p = plot_sampler(exp_runs["dump"], labels, plots / f"{exp.name}_sampler.png")
                 if p is not None:
@@ -298,6 +313,8 @@ def write_report(out_dir: Path, experiments: list[Experiment], runs: dict[str, l
                     lines += ["", "DUMP's sampling probabilities at the last step: " +
                               ", ".join(f"{k} ({labels[i] if i < len(labels) else ''}) {v}"
                                         for i, (k, v) in enumerate(finals.items())) + "."]
+            if exp_cfg.steps != cfg.steps:
+                lines += ["", f"This experiment's scale: {exp_cfg.steps} RL steps per run."]
             measured = "; ".join(r.detail.split(";")[0] + f" [{r.text.split(' of ')[0]}]" for r in results)
             entry.update({"verdict": verdict, "measured": measured,
                           "checks": [{"check": r.text, "detail": r.detail, "verdict": r.verdict, "values": r.values}

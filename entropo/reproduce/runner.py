@@ -31,7 +31,7 @@ import torch
 from entropo.config import Recipe, dump_recipe, load_recipe
 from entropo.logging import read_metrics
 from entropo.reproduce.aggregate import Rows, final_row
-from entropo.reproduce.experiments import ARMS, Experiment, select
+from entropo.reproduce.experiments import ARMS, CustomResult, Experiment, select
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
 
@@ -50,6 +50,7 @@ class SuiteConfig:
     # machine OpenMP threads spin-wait for each other: a 20-step demo run took 247 s with 2 threads and 20 s with 1
     # at load average 8 on 2 cores. None leaves torch's setting alone (e.g. for a real model on an idle machine).
     threads: int | None = 1
+    fixed_steps: bool = False  # the user chose the step count (--steps): it wins over an experiment's own
 
     @classmethod
     def quick(cls, **kw) -> SuiteConfig:
@@ -142,31 +143,48 @@ def run_arm(arm_name: str, seed: int, cfg: SuiteConfig, out_dir: Path, console: 
     return run_dir
 
 
+def experiment_config(exp: Experiment, cfg: SuiteConfig) -> SuiteConfig:
+    """The suite's scale for one experiment: its own step count unless the user fixed one."""
+    return replace(cfg, steps=exp.steps) if exp.steps and not cfg.fixed_steps else cfg
+
+
 def run_suite(out_dir: str | Path, cfg: SuiteConfig, only: list[str] | None = None,
-              console: Callable[[str], None] = print, command: str = "") -> dict[str, Any]:
-    """Run the selected experiments' arms for every seed, then write OUT/report.md; returns the summary dict."""
+              console: Callable[[str], None] = print, command: str = "", suite: str = "entropy") -> dict[str, Any]:
+    """Run the selected experiments (their arms for every seed, or their own ``run`` for custom ones), then write
+    OUT/report.md; returns the summary dict."""
     from entropo.reproduce.report import write_report
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    experiments: list[Experiment] = select(only)
-    arms = list(dict.fromkeys(a for e in experiments for a in e.arms))
-    for arm in arms:  # fail on a bad override before any run starts
-        arm_recipe(arm, 0, cfg)
-    if arms:  # a user's --set train.steps=N wins: take it as the suite's scale (eval spacing, report)
+    experiments: list[Experiment] = select(only, suite)
+    configs = {e.name: experiment_config(e, cfg) for e in experiments}
+    for e in experiments:  # fail on a bad override before any run starts
+        for arm in e.arms:
+            arm_recipe(arm, 0, configs[e.name])
+    arms = [a for e in experiments for a in e.arms]
+    if arms and not any(e.steps for e in experiments):  # a user's --set train.steps=N wins: take it as the scale
         steps = arm_recipe(arms[0], 0, cfg).train.steps
         cfg = replace(cfg, steps=steps) if steps != cfg.steps else cfg
+        configs = {e.name: experiment_config(e, cfg) for e in experiments}
     load_start = os.getloadavg()[0]  # the machine may be shared: timings are read against its load
     t0 = time.perf_counter()
     runs: dict[str, list[Rows]] = {}
+    custom: dict[str, CustomResult] = {}
     threads_before = torch.get_num_threads()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     try:
-        for arm in arms:
-            runs[arm] = [read_metrics(run_arm(arm, seed, cfg, out_dir, console)) for seed in range(cfg.seeds)]
+        for e in experiments:
+            if e.kind == "custom":
+                console(f"  {e.name}: running")
+                custom[e.name] = e.run(configs[e.name], out_dir / "custom" / e.name, console)
+                continue
+            for arm in e.arms:
+                if arm not in runs:
+                    runs[arm] = [read_metrics(run_arm(arm, seed, configs[e.name], out_dir, console))
+                                 for seed in range(cfg.seeds)]
     finally:
         torch.set_num_threads(threads_before)
     wall = time.perf_counter() - t0
     return write_report(out_dir, experiments, runs, cfg, wall_s=wall, command=command,
-                        load=(load_start, os.getloadavg()[0]))
+                        load=(load_start, os.getloadavg()[0]), custom=custom, configs=configs)
