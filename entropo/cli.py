@@ -175,13 +175,45 @@ def recipes(components: bool = typer.Option(False, "--components", help="Also li
     t.add_column("description")
     for p in sorted(RECIPES_DIR.glob("*.yaml")):
         data = yaml_load(p.read_text()) or {}
-        t.add_row(p.stem, str(data.get("paper") or "—"), str(data.get("description") or ""))
+        how = f" [program: entropo run {p.stem}]" if "program" in data else ""
+        t.add_row(p.stem, str(data.get("paper") or "—"), str(data.get("description") or "") + how)
     console.print(t)
     if components:
         from entropo import registry
 
         for kind in registry.KINDS:
             console.print(f"[bold]{kind}[/]: {', '.join(registry.names(kind))}")
+
+
+@app.command("run")
+@_errors
+def run_(
+    recipe: str = typer.Argument(..., help="A program recipe (YAML path or shipped name, see `entropo recipes`)."),
+    set_: list[str] = typer.Option([], "--set", help="Override a field: --set params.alpha=0.05 (repeatable)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output dir (default runs/<recipe name>)."),
+    import_: list[str] = typer.Option([], "--import", help=IMPORT_HELP),
+):
+    """Run a program recipe: a method that is not a training run (inference-time search, query selection, an
+    experience library); writes OUT/results.json."""
+    from entropo.config import ConfigError, import_plugins
+    from entropo.programs import load_program, run_program
+
+    try:
+        import_plugins(import_)
+        rec = load_program(resolve_recipe(recipe), set_)
+    except ConfigError as e:
+        _fail(str(e))
+    out_dir = out or Path("runs") / rec.name
+    console.print(f"[bold]entropo run[/] {rec.name}" + (f" — {rec.paper}" if rec.paper else "") + f"  → {out_dir}")
+    results = run_program(rec, out_dir, console=lambda text: console.print(text, highlight=False))
+    t = Table(show_header=True)
+    t.add_column("result")
+    t.add_column("value")
+    for k, v in results.items():
+        if isinstance(v, (int, float, str, bool)):
+            t.add_row(k, f"{v:.4g}" if isinstance(v, float) else str(v))
+    console.print(t)
+    console.print(f"results: {out_dir / 'results.json'}")
 
 
 @app.command("eval")

@@ -496,6 +496,9 @@ def load_recipe(path: str | Path | None = None, overrides: list[str] | None = No
             raise ConfigError(f"{p}: a recipe must be a YAML mapping (key: value), got {type(loaded).__name__}")
         data = loaded
         data.setdefault("name", p.stem)
+        if "program" in data:
+            raise ConfigError(f"{p}: recipe {data['name']!r} is a program (an inference-time method, no training): "
+                              f"run it with `entropo run {data['name']}`")
     return recipe_from_dict(data, overrides, check=check, imports=imports, source=source)
 
 

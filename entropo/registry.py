@@ -33,6 +33,7 @@ KINDS = (
     "controller",
     "sampler",
     "environment",
+    "program",
 )
 
 _REGISTRY: dict[str, dict[str, Any]] = {k: {} for k in KINDS}
