@@ -59,6 +59,20 @@ class RegularizerSpec(Component):
     controller: ControllerSpec | None = Field(None, description="Optional controller that updates `coef` each step.")
 
 
+class LoraSection(_Section):
+    """LoRA adapters (through PEFT): only the adapters train and are checkpointed; the reference of KL terms is the
+    base with the adapters off (no second model in memory, unless ``model.reference`` names one)."""
+
+    r: int = Field(8, ge=1, description="Adapter rank.")
+    alpha: float = Field(16.0, gt=0, description="LoRA alpha: the update is scaled by alpha / r.")
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the adapter input (0 keeps runs deterministic).")
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
+        description="Names of the linear layers that get adapters (e.g. q_proj, v_proj, up_proj), or 'all-linear'.")
+    merge_final: bool = Field(True, description="Also write the merged model to final/ (loadable by `entropo eval "
+                              "RUN` and any Hugging Face code); the adapter alone is always written to final/adapter.")
+
+
 class ModelConfig(_Section):
     name_or_path: str = Field(
         "tiny",
@@ -73,8 +87,10 @@ class ModelConfig(_Section):
         default_factory=dict, description="Keyword arguments of entropo.models.tiny() when name_or_path='tiny'."
     )
     reference: str | None = Field(
-        None, description="Reference model for KL terms; None = a frozen copy of the initial policy."
+        None, description="Reference model for KL terms; None = a frozen copy of the initial policy (with `lora`: "
+        "the base with the adapters off)."
     )
+    lora: LoraSection | None = Field(None, description="Train LoRA adapters instead of all weights (needs PEFT).")
 
 
 class WarmupConfig(_Section):

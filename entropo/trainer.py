@@ -23,6 +23,8 @@ See docs/architecture.md for the data flow.
 
 from __future__ import annotations
 
+import contextlib
+
 import math
 import random
 import resource
@@ -441,6 +443,9 @@ class Run:
     state: RunState
     logger: MetricsLogger
     ref_model: Any = None
+    # the scope in which ref_model computes the reference (LoRA: the policy itself with its adapters off)
+    ref_scope: Callable[[], Any] = contextlib.nullcontext
+    lora: Any = None  # entropo.models.lora.LoRA when model.lora is set
     old_token_fns: dict[str, Callable] = field(default_factory=dict)
 
     def sample(self, examples: list[Example], n: int, temperature: float) -> tuple[Batch, dict[str, Any]]:
@@ -512,6 +517,14 @@ def setup(recipe: Recipe, run_dir: str | Path | None, resume: bool, console: Cal
     seed_everything(recipe.seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model, tokenizer = load_model(recipe, device)
+    lora = None
+    if recipe.model.lora is not None:
+        from entropo.models.lora import LoRA
+
+        try:
+            lora = LoRA(model, recipe.model.lora)  # before the optimizer: it sees only the adapters as trainable
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
     task = make_task(recipe.task, recipe.seed, recipe.task.eval_size, "task")
     engine = registry.get("engine", recipe.rollout.engine)(model, tokenizer, chat_template=recipe.rollout.chat_template,
                                                            max_batch_size=recipe.rollout.max_batch_size,
@@ -552,6 +565,7 @@ def setup(recipe: Recipe, run_dir: str | Path | None, resume: bool, console: Cal
                              mlflow=recipe.logging.mlflow, run_name=out_dir.name,
                              config=recipe.model_dump(mode="json")),
         old_token_fns=merged_token_fns(components, "old_token_fns"),
+        lora=lora,
     )
     if latest is not None:
         restore_checkpoint(run, saved)
@@ -565,10 +579,18 @@ def setup(recipe: Recipe, run_dir: str | Path | None, resume: bool, console: Cal
             info = warmup(model, tokenizer, engine, warm_task, recipe.warmup, seed=recipe.seed,
                           environment=run.environment)
             console(f"SFT warm-up: {recipe.warmup.steps} steps, final loss {info['loss']:.3f}, {info['time']:.1f} s")
+            if lora is not None:  # the base becomes the RL starting policy (the reference); new adapters from 0
+                lora.fold_in()
+                ckpt.atomic_torch_save(out_dir / LORA_BASE, lora.base_state_dict())
         run.state.eval_start = evaluate(engine, task, run.eval_examples, recipe, recipe.seed + 3, run.environment)
     run.logger.truncate_after(run.state.step - 1)  # drop rows of steps this run will (re)do: each step is logged once
     run.ref_model = load_reference_model(run, fresh=latest is None)
+    if run.ref_model is not None and lora is not None and recipe.model.reference is None:
+        run.ref_scope = lora.disabled
     return run
+
+
+LORA_BASE = "lora_base.pt"  # the base weights after a warm-up was folded in (a resume needs them)
 
 
 def load_model(recipe: Recipe, device: torch.device):
@@ -597,6 +619,8 @@ def load_reference_model(run: Run, fresh: bool):
         return None
     if recipe.model.reference is not None:
         return models.load_reference(recipe.model.reference, dtype=recipe.model.dtype, device=run.device)
+    if run.lora is not None:
+        return run.model  # computed under run.ref_scope: the base with the adapters off, no second model
     ref_path = run.out_dir / "reference.pt"
     ref_model = models.load_reference(run.model, dtype=recipe.model.dtype, device=run.device)
     if fresh:
@@ -710,7 +734,8 @@ def score_phase(run: Run, batch: Batch) -> None:
     elif redo:  # e.g. a producer's rows sampled at another temperature or under another prompt
         batch.old_logprobs[redo], batch.old_entropy[redo], _ = score_tokens(run.model, batch.select(redo), **score_kw)
     if run.ref_model is not None:
-        batch.ref_logprobs, _, _ = score_tokens(run.ref_model, batch, **score_kw)
+        with run.ref_scope():
+            batch.ref_logprobs, _, _ = score_tokens(run.ref_model, batch, **score_kw)
 
 
 # ---- phase 3: advantages ---------------------------------------------------------------------------------------------
@@ -819,8 +844,11 @@ def finish_run(run: Run) -> dict[str, Any]:
                                        run.environment)
         run.logger.log(state.step, {f"eval/{k}": v for k, v in summary["eval_end"].items()} | {"final": True})
         final_dir = run.out_dir / "final"
-        run.model.save_pretrained(final_dir)
-        run.tokenizer.save_pretrained(final_dir)
+        if run.lora is not None:
+            run.lora.save_final(final_dir, run.tokenizer, merged=recipe.model.lora.merge_final)
+        else:
+            run.model.save_pretrained(final_dir)
+            run.tokenizer.save_pretrained(final_dir)
         summary["final_model"] = str(final_dir)
         fit = diag.fit_entropy_performance([h["entropy"] for h in state.history],
                                            [h["accuracy"] for h in state.history])
@@ -839,7 +867,12 @@ def finish_run(run: Run) -> dict[str, Any]:
 
 def restore_checkpoint(run: Run, saved: dict[str, Any]) -> None:
     """Load a verified checkpoint payload (``ckpt.resume_point``) into the run's objects."""
-    run.model.load_state_dict(saved["model"])
+    if run.lora is not None:
+        if (run.out_dir / LORA_BASE).exists():
+            run.lora.load_base(torch.load(run.out_dir / LORA_BASE, map_location="cpu", weights_only=True))
+        run.lora.load_trainable(saved["model"])
+    else:
+        run.model.load_state_dict(saved["model"])
     run.optimizer.load_state_dict(saved["optimizer"])
     run.scheduler.load_state_dict(saved["scheduler"])
     run.sampler.load_state_dict(saved["sampler"])
@@ -860,7 +893,7 @@ def restore_checkpoint(run: Run, saved: dict[str, Any]) -> None:
 def save_checkpoint(run: Run) -> Path:
     guards.check_weights(run.model, f"checkpoint of step {run.state.step}")  # never save non-finite weights
     payload = {
-        "model": run.model.state_dict(),
+        "model": run.lora.trainable_state_dict() if run.lora is not None else run.model.state_dict(),
         "optimizer": run.optimizer.state_dict(),
         "scheduler": run.scheduler.state_dict(),
         "sampler": run.sampler.state_dict(),
