@@ -142,6 +142,14 @@ class RolloutConfig(_Section):
     engine_params: dict[str, Any] = Field(
         default_factory=dict, description="Extra keyword arguments of the engine (e.g. tree-rollout fork settings)."
     )
+    env_backend: Literal["thread", "ray"] = Field(
+        "thread", description="Where environments (and their sandboxed tools) run: 'thread' in the trainer's process "
+        "(steps of different episodes on a thread pool), 'ray' in a pool of Ray actors (needs `entropo[ray]`)."
+    )
+    env_ray_workers: int = Field(2, ge=1, description="Ray actors hosting environments (env_backend=ray).")
+    env_ray_address: str | None = Field(
+        None, description="Ray cluster to join (env_backend=ray); None starts a local Ray with this machine's CPUs."
+    )
 
 
 class AggregationConfig(_Section):

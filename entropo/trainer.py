@@ -46,7 +46,7 @@ from entropo.logging import MetricsLogger, Progress
 from entropo.components import Auxiliary, Bound, Produced, RolloutContext, StepContext, merged_token_fns
 from entropo.rewards.runner import RewardRunner
 from entropo.samplers import PromptSampler  # noqa: F401  (re-exported: the default sampler)
-from entropo.envs.base import EnvFactory
+from entropo.envs.base import EnvFactory, SingleTurn
 from entropo.rollout.episodes import EpisodeLimits
 from entropo.types import EpisodeInfo, Example, RolloutOutput, Sample, TokenContext
 
@@ -314,8 +314,13 @@ def episode_limits(recipe: Recipe) -> EpisodeLimits:
 
 
 def make_environment(recipe: Recipe) -> EnvFactory:
-    spec = recipe.environment
-    return EnvFactory(registry.get("environment", spec.name), dict(spec.params))
+    spec, ro = recipe.environment, recipe.rollout
+    cls = registry.get("environment", spec.name)
+    if ro.env_backend == "ray" and cls is not SingleTurn:  # a plain completion has nothing to offload
+        from entropo.envs.ray_pool import RayEnvFactory
+
+        return RayEnvFactory(cls, dict(spec.params), workers=ro.env_ray_workers, address=ro.env_ray_address)
+    return EnvFactory(cls, dict(spec.params))
 
 
 def outcome_correct(task, rollout: RolloutOutput, examples: list[Example]) -> list[bool]:
@@ -577,7 +582,7 @@ def setup(recipe: Recipe, run_dir: str | Path | None, resume: bool, console: Cal
             warm_task = task if recipe.warmup.task is None else make_task(recipe.warmup.task, recipe.seed,
                                                                           recipe.task.eval_size, "warmup.task")
             info = warmup(model, tokenizer, engine, warm_task, recipe.warmup, seed=recipe.seed,
-                          environment=run.environment)
+                          environment=run.environment.local())
             console(f"SFT warm-up: {recipe.warmup.steps} steps, final loss {info['loss']:.3f}, {info['time']:.1f} s")
             if lora is not None:  # the base becomes the RL starting policy (the reference); new adapters from 0
                 lora.fold_in()

@@ -89,6 +89,10 @@ class EnvFactory:
     def single_turn(self) -> bool:
         return self.cls is SingleTurn
 
+    def local(self) -> EnvFactory:
+        """A factory of in-process environments of the same kind (for data such as SFT demonstrations)."""
+        return self
+
 
 def single_turn_factory() -> EnvFactory:
     return EnvFactory(SingleTurn)
