@@ -34,6 +34,7 @@ from typing import Sequence
 import numpy as np
 
 from entropo.envs.twenty_questions import AttributeTable, Game
+from entropo.registry import register
 
 METHODS = ("cip", "entropy", "random")
 
@@ -273,3 +274,63 @@ def setup(table: AttributeTable, seed: int = 0, alpha: float = 0.01, temperature
                                    table.num_attributes, temperature)
     qhats = calibrate(pred, draw_games(table, "calibration", n_cal, seed), alpha, num_queries, seed, finite_sample)
     return CIPSetup(table, pred, qhats, draw_games(table, "test", n_test, seed), alpha)
+
+
+# ---- the program recipe (entropo run cip_20q) ----------------------------------------------------------------------
+
+def plot_accuracy(curves: dict[str, Sequence[float]], path, title: str = "", spread: dict | None = None):
+    """Accuracy vs number of questions, one line per method (± spread band when given)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for m, acc in curves.items():
+        x = np.arange(len(acc))
+        ax.plot(x, acc, marker="o", ms=3, label=m)
+        if spread and m in spread:
+            ax.fill_between(x, np.asarray(acc) - spread[m], np.asarray(acc) + spread[m], alpha=0.2)
+    ax.set_xlabel("questions asked")
+    ax.set_ylabel("accuracy of the argmax prediction")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+@register("program", "conformal_ip", paper="Conformal Information Pursuit, NeurIPS 2025 (Chan et al.)")
+def cip_program(out_dir, seed: int, console, num_classes: int = 12, num_attributes: int = 16, alpha: float = 0.1,
+                temperature: float = 0.5, num_queries: int = 8, n_samples: int = 64, n_train: int = 2000,
+                n_cal: int = 500, n_test: int = 300, methods: Sequence[str] = METHODS, finite_sample: bool = False,
+                noise_low: float = 0.02, noise_high: float = 0.2, ambiguous: float = 0.15) -> dict:
+    """Play the held-out games of one seeded world with each method; accuracy / set size / coverage after 0..N
+    questions, the coverage of sets on calibration-like (random-question) held-out histories, a plot."""
+    from pathlib import Path
+
+    from entropo.envs.twenty_questions import make_table
+
+    for m in methods:
+        if m not in METHODS:
+            raise ValueError(f"params.methods: {m!r} is unknown; use any of {', '.join(METHODS)}")
+    table = make_table(num_classes, num_attributes, seed, noise_low, noise_high, ambiguous)
+    s = setup(table, seed, alpha, temperature, num_queries, n_train, n_cal, n_test, finite_sample)
+    out: dict = {"qhats": s.qhats.tolist(),
+                 "random_history_coverage": random_history_coverage(s.predictor, s.test_games, s.qhats, seed).tolist()}
+    out["random_history_coverage_mean"] = float(np.mean(out["random_history_coverage"][1:]))
+    for m in methods:
+        r = evaluate(s.test_games, m, s.predictor, s.qhats, num_queries, alpha, n_samples, seed)
+        for key, v in r.items():
+            out.setdefault(key, {})[m] = v.tolist()
+        out[f"{m}/accuracy_auc"] = float(r["accuracy"][1:].mean())  # mean accuracy over 1..N questions
+        out[f"{m}/accuracy_final"] = float(r["accuracy"][-1])
+        out[f"{m}/coverage_final"] = float(r["coverage"][-1])
+        out[f"{m}/set_size_final"] = float(r["set_size"][-1])
+        console(f"  {m}: accuracy after 0..{num_queries} questions "
+                + " ".join(f"{a:.2f}" for a in r["accuracy"]))
+    plot_accuracy(out["accuracy"], Path(out_dir) / "accuracy_vs_queries.png",
+                  f"20Q, K={num_classes}, A={num_attributes}, alpha={alpha}, T={temperature}, seed {seed}")
+    return out
