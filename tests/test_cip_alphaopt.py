@@ -301,7 +301,7 @@ def test_library_json_round_trip_and_atomic_write(tmp_path):
 
 
 def test_learning_is_deterministic_and_helps_on_held_out_variant():
-    train, held = problems("train", 4, seed=1), problems("heldout", 3, seed=1)
+    train, held = problems("train", 3, seed=1), problems("heldout", 2, seed=1)
     lib1, log1 = A.learn_library(train, no_slip, iterations=1)
     lib2, _ = A.learn_library(train, no_slip, iterations=1)
     assert lib1.to_json() == lib2.to_json() and log1.rows[0]["kept"] >= 1
