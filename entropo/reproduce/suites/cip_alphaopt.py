@@ -22,7 +22,8 @@ from entropo.reproduce.experiments import Arm, Compare, CustomResult, Experiment
 ARMS: dict[str, Arm] = {}  # custom experiments: no trainer-run arms
 
 CIP_PAPER = "Conformal Information Pursuit for Interactively Guiding LLMs (Chan et al.), NeurIPS 2025"
-ALPHAOPT_PAPER = "AlphaOPT: Formulating Optimization Programs with Self-Improving LLM Experience Library, arXiv 2510.18428"
+ALPHAOPT_PAPER = ("AlphaOPT: Formulating Optimization Programs with Self-Improving LLM Experience Library, "
+                  "arXiv 2510.18428")
 CIP_PARAMS = {"num_classes": 12, "num_attributes": 16, "alpha": 0.1, "temperature": 0.5, "num_queries": 8,
               "n_samples": 64, "n_train": 2000, "n_cal": 500, "n_test": 300}
 CIP_METHODS = ("cip", "entropy", "random")
