@@ -30,3 +30,4 @@ from entropo.algorithms import (  # noqa: F401
     steer,
     tppo,
 )
+from entropo.algorithms import alphaopt, conformal_ip  # noqa: F401  (program recipes: entropo run)

@@ -6,5 +6,6 @@ from entropo.envs.base import EnvFactory, Environment, SingleTurn, StepResult
 from entropo.envs.python_tool import PythonTool
 from entropo.envs.sql_tool import SQLTool
 from entropo.envs.tools import ToolEnv, tool_schema
+from entropo.envs.twenty_questions import TwentyQuestions  # noqa: F401  (also registers the task)
 
 __all__ = ["EnvFactory", "Environment", "PythonTool", "SQLTool", "SingleTurn", "StepResult", "ToolEnv", "tool_schema"]
