@@ -290,13 +290,13 @@ def test_engine_rejects_bad_params(tiny_world):
         AgenticAEPOEngine(*tiny_world, beam_size=0)
 
 
-# ---- end to end --------------------------------------------------------------------------------------------------------
+# ---- end to end ------------------------------------------------------------------------------------------------------
 
 def test_few_step_training_run(tmp_path, tiny_recipe_overrides):
     ov = tiny_recipe_overrides + [
         "environment={name: 'test_agentic_aepo:ToolThenAnswer'}", "task.params={digits: 1, chat: false}",
-        "train.steps=2", "warmup.steps=0", "checkpoint.every=0", "eval.max_prompts=2", "logging.tensorboard=false", "rollout.engine=agentic_aepo",
-        "rollout.engine_params={branch_threshold: 0.0}", "objective={name: agentic_aepo}",
+        "train.steps=2", "warmup.steps=0", "checkpoint.every=0", "eval.max_prompts=2", "logging.tensorboard=false",
+        "rollout.engine=agentic_aepo", "rollout.engine_params={branch_threshold: 0.0}", "objective={name: agentic_aepo}",
         "producers=[{name: agentic_aepo_stats}]", "train.mini_batches=2", "eval.every=0"]
     recipe = load_recipe(RECIPE, ov)
     summary = train(recipe, run_dir=tmp_path / "run", console=lambda *_: None)

@@ -50,9 +50,11 @@ ENTROPY_KEY = "agentic_aepo_entropy"  # the current policy's token entropy, from
 
 
 def token_entropy(logits: Tensor, _target_ids: Tensor) -> Tensor:
-    """Full-distribution entropy of each row of ``logits [N, V]`` (already temperature-scaled) -> [N]."""
-    logp = torch.log_softmax(logits.float(), dim=-1)
-    return -(logp.exp() * logp).sum(-1)
+    """Full-distribution entropy of each row of ``logits [N, V]`` (already temperature-scaled) -> [N]; computed
+    without a graph (the objective uses it detached, so the [N, V] intermediates are not kept for backward)."""
+    with torch.no_grad():
+        logp = torch.log_softmax(logits.float(), dim=-1)
+        return -(logp.exp() * logp).sum(-1)
 
 
 def agentic_aepo_token_fns(**_params: Any) -> dict:
