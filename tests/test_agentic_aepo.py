@@ -24,6 +24,7 @@ from entropo.rollout.agentic_aepo import (
     AgenticAEPOEngine,
     BranchPlanner,
     branch_probability,
+    fork_environment,
     global_sample_count,
     segment_entropy,
 )
@@ -113,6 +114,28 @@ def test_fork_copies_the_exact_prefix_ids_and_records():
     child.add([99], True, 2, torch.zeros(1), torch.zeros(1))  # the branch goes on; the parent is untouched
     child.info.tool_call_turns.append(2)
     assert 99 not in parent.ids and parent.info.tool_call_turns == [0, 1] and len(parent.entropies) == 4
+
+
+def test_forking_an_environment_copies_its_state_and_refuses_proxies():
+    env = ToolThenAnswer()
+    env.reset(Example(prompt="q"), 0)
+    env.step("a")
+    copy = fork_environment(env)
+    assert copy is not env and copy.turn == 1
+    copy.step("b")
+    assert env.turn == 1  # the parent's environment is untouched
+
+    class Proxy:  # e.g. a handle to an environment in another process: a copy would share its state
+        def step(self, action):
+            return StepResult(done=True)
+
+    with pytest.raises(TypeError, match="fork"):
+        fork_environment(Proxy())
+    ep = _episode([0.0], [2 * LN_V])
+    ep.env = Proxy()
+    planner = BranchPlanner([0], {0: 1}, budget=8, vocab_size=101, generator=torch.Generator().manual_seed(0),
+                            branch_threshold=0.0, entropy_weight=0.5)
+    assert planner([ep], 1) == [] and planner.counts[0] == 1  # the branch is skipped, the run goes on
 
 
 # ---- the engine on a scripted sampler -------------------------------------------------------------------------------

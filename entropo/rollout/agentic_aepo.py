@@ -19,8 +19,9 @@ A training rollout of ``n`` trajectories per question (the budget ``k = n``, equ
    round without a branch): the penalty on consecutive high-entropy branching. At most ``beam_size − 1`` branches
    per trajectory per round and never beyond the budget. A branch is ``_Episode.fork``: the parent's prompt and
    trajectory ids are copied as ids (never decoded and re-encoded) with their log-probs and entropies, the
-   environment is copied (``env.fork()`` when it has one, else ``copy.deepcopy``), and both continue sampling at
-   the next turn. Branches belong to their question's group (same ``prompt_index``).
+   environment is copied (``env.fork()`` when it has one, else a deep copy of an in-process ``Environment``; a
+   proxy to an out-of-process environment without ``fork()`` is not branched), and both continue sampling at the
+   next turn. Branches belong to their question's group (same ``prompt_index``).
 3. A question whose trajectories have all ended while budget is left gets one new global sample per pass (the
    official code adds one per round once no trajectory of the question is active) until it has exactly ``k``.
 
@@ -113,12 +114,19 @@ def action_entropies(ep: _Episode, turn: int) -> Tensor:
     return entropies[keep]
 
 
-def fork_environment(env: Environment | None) -> Environment | None:
-    """An environment in the same state as ``env``: ``env.fork()`` when the class defines it, else a deep copy."""
+def fork_environment(env: Any) -> Any:
+    """An environment in the same state as ``env``: ``env.fork()`` when the class defines it, else a deep copy of an
+    in-process ``Environment``. Anything else (a proxy to an environment in another process, whose copy would share
+    the remote state) must define ``fork()``; without one this raises and the planner skips that branch."""
     if env is None:
         return None
     fork = getattr(env, "fork", None)
-    return fork() if callable(fork) else copy.deepcopy(env)
+    if callable(fork):
+        return fork()
+    if isinstance(env, Environment):
+        return copy.deepcopy(env)
+    raise TypeError(f"{type(env).__name__} is not an in-process Environment and has no fork(): a copy could share "
+                    f"its state with the parent's; define fork() to branch its episodes")
 
 
 class BranchPlanner:
