@@ -15,6 +15,7 @@ environment whose ``reset`` or ``step`` raises ends that episode as a failure (`
 
 from __future__ import annotations
 
+import copy
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -75,6 +76,17 @@ class _Episode:
         self.logprobs.append(logprobs if logprobs is not None else zeros)
         self.entropies.append(entropies if entropies is not None else zeros)
 
+    def fork(self, env: Environment | None) -> "_Episode":
+        """A running copy of this episode in ``env`` (an environment in the same state as this one's): the same
+        prompt and trajectory ids (copied as ids, never decoded), log-probs, entropies, turn rewards and actions;
+        sampling then continues from exactly this token prefix. Used by branching rollouts (``on_round``)."""
+        return _Episode(env=env, example=self.example, prompt_ids=list(self.prompt_ids), templated=self.templated,
+                        max_turns=self.max_turns, messages=[dict(m) for m in self.messages], ids=list(self.ids),
+                        policy=list(self.policy), turn_of=list(self.turn_of), logprobs=list(self.logprobs),
+                        entropies=list(self.entropies), turn_rewards=list(self.turn_rewards),
+                        actions=list(self.actions), reason=self.reason, info=copy.deepcopy(self.info),
+                        running=self.running, exact_upto=self.exact_upto, exact=self.exact)
+
 
 def _safe_step(env: Environment, action: str) -> StepResult | BaseException:
     try:
@@ -95,8 +107,14 @@ def run_episodes(
     limits: EpisodeLimits,
     stop: Sequence[str] = (),
     workers: int = 8,
+    on_round: Callable[[list[_Episode], int], list[_Episode]] | None = None,
 ) -> list[_Episode]:
-    """Play one episode per (env, example, seed) row; returns the finished episodes in row order."""
+    """Play one episode per (env, example, seed) row; returns the finished episodes in row order.
+
+    ``on_round(episodes, turn)``, when given, is called after every round (all actions of ``turn`` sampled, their
+    steps taken, the replies of the episodes going on appended) and may return new running episodes to add, made
+    with ``_Episode.fork`` of an episode still running (branching rollouts: they continue from its exact token
+    prefix at the next turn). Added episodes are returned after the rows, in the order they were added."""
     def decode(ids: list[int]) -> str:  # the action's text, for the environment only; never re-encoded
         return chat.tokenizer.decode(ids, skip_special_tokens=True)
 
@@ -158,6 +176,8 @@ def run_episodes(
                     _finish(ep, "budget")
                 else:
                     _append_reply(ep, result, chat, limits, turn)
+            if on_round is not None:
+                episodes += on_round(episodes, turn)
             turn += 1
 
     for ep in episodes:
