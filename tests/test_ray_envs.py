@@ -39,6 +39,10 @@ def test_remote_python_tool_matches_local_and_runs_elsewhere(ray_local):
         assert (a.observation, a.reward, a.done, a.tool_call) == (b.observation, b.reward, b.done, b.tool_call)
     stats = factory.stats()
     assert all(s["pid"] != os.getpid() for s in stats) and sum(s["live"] for s in stats) == 1
+    branch = remote.fork()  # a copy in the same state, in the same actor (branching rollouts)
+    assert branch.stop == remote.stop and sum(s["live"] for s in factory.stats()) == 2
+    assert branch.step("<py>2+2</py>").observation == local.step("<py>2+2</py>").observation
+    branch.close()
     remote.close()
     local.close()
     ray.get([a.stats.remote() for a in factory.actors])  # the fire-and-forget close has run before this call

@@ -9,6 +9,7 @@ actors round-robin; each actor holds the live environments of its episodes by id
 
 from __future__ import annotations
 
+import copy
 import itertools
 import os
 from typing import Any
@@ -32,6 +33,11 @@ class _EnvHost:
     def step(self, env_id: int, action: str) -> StepResult:
         return self.envs[env_id].step(action)
 
+    def fork(self, env_id: int, new_id: int) -> None:
+        env = self.envs[env_id]
+        fork = getattr(env, "fork", None)
+        self.envs[new_id] = fork() if callable(fork) else copy.deepcopy(env)
+
     def close(self, env_id: int) -> None:
         env = self.envs.pop(env_id, None)
         if env is not None:
@@ -45,8 +51,9 @@ class RemoteEnv:
     """An episode's environment, running in a Ray actor; exceptions raised there are raised here (then the episode
     loop ends that episode with an env_error, as for a local environment)."""
 
-    def __init__(self, actor: Any, env_id: int, attrs: dict[str, Any]):
-        self._actor, self._id = actor, env_id
+    def __init__(self, actor: Any, env_id: int, attrs: dict[str, Any], new_id: Any):
+        self._actor, self._id, self._new_id = actor, env_id, new_id
+        self._attrs = attrs
         self.__dict__.update(attrs)  # what the episode loop reads from an environment besides its methods
 
     def _call(self, method: str, *args: Any) -> Any:
@@ -62,6 +69,15 @@ class RemoteEnv:
 
     def step(self, action: str) -> StepResult:
         return self._call("step", action)
+
+    def fork(self) -> RemoteEnv:
+        """A copy of this environment in its current state, in the same actor (``fork()`` of the environment when
+        it has one, else a deep copy there): branching rollouts continue from it."""
+        new_id = self._new_id()
+        import ray
+
+        ray.get(self._actor.fork.remote(self._id, new_id))
+        return RemoteEnv(self._actor, new_id, self._attrs, self._new_id)
 
     def close(self) -> None:
         self._actor.close.remote(self._id)  # fire and forget: the episode's data is already complete
@@ -90,9 +106,12 @@ class RayEnvFactory(EnvFactory):
         self.actors = [host.remote(cls, self.params) for _ in range(max(1, workers))]
         self._ids = itertools.count()
 
+    def _next_id(self) -> int:
+        return next(self._ids)
+
     def __call__(self) -> RemoteEnv:
-        env_id = next(self._ids)
-        return RemoteEnv(self.actors[env_id % len(self.actors)], env_id, self.attrs)
+        env_id = self._next_id()
+        return RemoteEnv(self.actors[env_id % len(self.actors)], env_id, self.attrs, self._next_id)
 
     def local(self) -> EnvFactory:
         return EnvFactory(self.cls, self.params)
