@@ -250,14 +250,12 @@ SEARCH_RE = re.compile(r"<search>(.*?)</search>", re.DOTALL)
 ANSWER_RE = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 INFO_RE = re.compile(r"<information>(.*?)</information>", re.DOTALL)
 
-JUDGE_FIRST = ("Judge the information first: start with <judge>Yes</judge> if it helps answer the question, "
-               "else <judge>No</judge>; then search or answer.")
+JUDGE_FIRST = "Judge the information first: <judge>Yes</judge> (useful) or <judge>No</judge>, then search or answer."
 NOTHING_TO_JUDGE = "Nothing to judge: <judge> comes right after an <information> reply. Search or answer."
 BAD_JUDGE = "A judgement is <judge>Yes</judge> or <judge>No</judge>."
-SEARCH_AGAIN = ("You judged the information not useful (<judge>No</judge>): search again with <search>query</search> "
-                "before answering.")
+SEARCH_AGAIN = "After <judge>No</judge>, search again with <search>query</search> before answering."
 EMPTY_QUERY = "Empty query: write <search>words to look up</search>."
-NO_ACTION = "Write <search>query</search> to search, or <answer>text</answer> to answer."
+NO_ACTION = "Write <search>query</search> or <answer>text</answer>."
 AFTER_JUDGE = "Now <search>query</search> or <answer>text</answer>."
 
 
