@@ -51,6 +51,12 @@ one the environment accepted (an answer refused by the judge-then-research rule 
 in the agent's actions, not in the prompt. Without an environment record (e.g. a single-turn transcript), pairs and the
 answer are parsed from the transcript with the official rule.
 
+Caution (measured, see the ``reseek_judge`` reproduce experiment): the process reward is gated on producing an
+answer, and every per-pair value for a wrong answer is <= 0.3 while a wrong Yes costs 0.6, so a policy whose answers
+are almost never right earns more by not answering at all (0) than by answering with a Yes. On the tiny model (exact
+match ~0 after its warm-up) GRPO with this reward abandoned the search/answer format within 3 steps; the paper's
+3B/7B models start with a substantial exact match, where answering pays.
+
 ``reseek_judge_agree`` (verdicts agreeing with the regex oracle) and ``reseek_judge_count`` (verdicts) are metrics:
 with weight 0 in a recipe they are logged as ``reward/term/reseek_judge_agree`` and ``reward/term/reseek_judge_count``,
 and a step's judge accuracy is their ratio (mean agree / mean count).
