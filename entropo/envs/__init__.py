@@ -4,6 +4,7 @@ SQLite) and ``tools`` (typed Python functions)."""
 
 from entropo.envs.base import EnvFactory, Environment, SingleTurn, StepResult
 from entropo.envs.python_tool import PythonTool
+from entropo.envs.search import SearchCorpus  # noqa: F401  (registers search_corpus)
 from entropo.envs.sql_tool import SQLTool
 from entropo.envs.tools import ToolEnv, tool_schema
 from entropo.envs.twenty_questions import TwentyQuestions  # noqa: F401  (also registers the task)
