@@ -8,3 +8,4 @@ from entropo.envs.sql_tool import SQLTool
 from entropo.envs.tools import ToolEnv, tool_schema
 
 __all__ = ["EnvFactory", "Environment", "PythonTool", "SQLTool", "SingleTurn", "StepResult", "ToolEnv", "tool_schema"]
+from entropo.envs import text_to_sql  # noqa: E402,F401  (registers text_to_sql, ReEx-SQL)
