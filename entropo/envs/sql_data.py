@@ -200,10 +200,12 @@ def _company(rows, rng):
     for n in _few(rng, salaries[2:-2]):
         yield "salary_above", f"Who earns more than {n}?", f"SELECT name FROM emp WHERE salary > {n}"
     for k in (1, 2, 3):
-        yield "top_paid", f"Who are the {k} best paid employees?", f"SELECT name FROM emp ORDER BY salary DESC LIMIT {k}"
+        yield ("top_paid", f"Who are the {k} best paid employees?",
+               f"SELECT name FROM emp ORDER BY salary DESC LIMIT {k}")
     for f in _few(rng, [d[2] for d in dept]):
         yield "dept_on_floor", f"Which department is on floor {f}?", f"SELECT name FROM dept WHERE floor = {f}"
-    yield "per_dept", "How many employees are in each department?", f"SELECT dept.name, COUNT(*) {join} GROUP BY dept.name"
+    yield ("per_dept", "How many employees are in each department?",
+           f"SELECT dept.name, COUNT(*) {join} GROUP BY dept.name")
 
 
 def _library(rows, rng):
@@ -255,7 +257,8 @@ def _school(rows, rng):
         yield "avg_of", f"What is the average score of {n}?", f"SELECT AVG(points) {join} WHERE student.name = '{n}'"
     subjects = sorted({s[2] for s in score})
     for subject in subjects:
-        yield "best_in", f"What is the best score in {subject}?", f"SELECT MAX(points) FROM score WHERE subject = '{subject}'"
+        yield ("best_in", f"What is the best score in {subject}?",
+               f"SELECT MAX(points) FROM score WHERE subject = '{subject}'")
         points = sorted(s[3] for s in score if s[2] == subject)
         for p in _few(rng, points[1:-1])[:2]:
             yield ("above_in", f"Who scored above {p} in {subject}?",

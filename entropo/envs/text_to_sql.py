@@ -312,7 +312,8 @@ class TextToSQL(Environment):
             return None
         self.reset(example, 0)
         messages: list[Message] = []
-        if (sql_data.stable_seed("text_to_sql.demo", meta.get("qid", example.prompt)) % 10_000) / 10_000 < self.demo_explore:
+        draw = sql_data.stable_seed("text_to_sql.demo", meta.get("qid", example.prompt)) % 10_000
+        if draw / 10_000 < self.demo_explore:
             observation = f"<{self.rtag}>{render_result(self.gold(), self.result_rows)}</{self.rtag}>"
             messages += [{"role": "assistant", "content": f"<{self.itag}>{gold}</{self.itag}>"},
                          {"role": self.observation_role, "content": observation}]

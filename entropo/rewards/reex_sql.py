@@ -38,7 +38,8 @@ def _one_block_at_end(text: str, tag: str) -> bool:
 
 def _think_ok(text: str) -> bool:
     """``<think>`` blocks balanced and closed before the first SQL tag."""
-    opens, closes = [m.start() for m in re.finditer("<think>", text)], [m.start() for m in re.finditer("</think>", text)]
+    opens = [m.start() for m in re.finditer("<think>", text)]
+    closes = [m.start() for m in re.finditer("</think>", text)]
     if len(opens) != len(closes) or any(c < o for o, c in zip(opens, closes)):
         return False
     first_sql = min([i for i in (text.find("<intermediate_sql>"), text.find("<final_sql>")) if i >= 0], default=-1)

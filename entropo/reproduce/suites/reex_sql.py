@@ -54,7 +54,8 @@ def decode_comparison(engine, examples, environment, limits, seed: int, branches
     tree = tree_vote_decode(engine, examples, environment, branches=branches, temperature=1.0, limits=limits,
                             generator=torch.Generator().manual_seed(seed + 1), env_seed=seed * 1_000)
     paths = sample_vote_decode(engine, examples, environment, paths=MAX_PATHS, temperature=1.0, limits=limits,
-                               token_budgets=[r.tokens for r in tree], generator=torch.Generator().manual_seed(seed + 2),
+                               token_budgets=[r.tokens for r in tree],
+                               generator=torch.Generator().manual_seed(seed + 2),
                                env_seed=seed * 1_000 + 500)
     return {"greedy": summarize(greedy), "paths_vote": summarize(paths), "tree_vote": summarize(tree)}
 
@@ -135,7 +136,8 @@ EXPERIMENTS = [
         [], [], kind="custom", suite="agents", steps=12, run=run,
         note="Tiny model, company family only (3 training databases, held-out company_3), 300 SFT steps (batch 16), "
              "then 12 GRPO steps of 4 prompts x 8 episodes; all held-out questions (up to 32): an unseen database of a "
-             "seen schema (new contents). RL vs SFT is paired by seed (the same run's start and end eval, greedy). The path baseline "
+             "seen schema (new contents). RL vs SFT is paired by seed (the same run's start and end eval, greedy). "
+             "The path baseline "
              "gets, per question, as many independent sampled paths as fit in the tokens the tree spent on it.",
     ),
 ]
