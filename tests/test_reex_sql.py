@@ -340,8 +340,8 @@ def test_recipe_few_steps_end_to_end(tmp_path):
     from entropo.trainer import train
 
     recipe = load_recipe(Path(__file__).parent.parent / "entropo" / "recipes" / "reex_sql.yaml", [
-        "warmup.steps=10", "warmup.batch_size=8", "train.steps=2", "rollout.prompts_per_step=2", "rollout.n=4",
-        "rollout.max_new_tokens=40", "rollout.max_episode_tokens=120", "task.eval_size=3", "eval.every=0",
+        "warmup.steps=5", "warmup.batch_size=4", "train.steps=2", "rollout.prompts_per_step=2", "rollout.n=4",
+        "rollout.max_new_tokens=32", "rollout.max_episode_tokens=96", "task.eval_size=2", "eval.every=0",
         "checkpoint.every=0", "logging.progress=false", "logging.plots=false", "logging.tensorboard=false",
         "task.params={chat: true, families: [company]}"])
     summary = train(recipe, run_dir=tmp_path / "run", console=lambda *_: None)
