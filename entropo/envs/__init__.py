@@ -10,3 +10,4 @@ from entropo.envs.tools import ToolEnv, tool_schema
 from entropo.envs.twenty_questions import TwentyQuestions  # noqa: F401  (also registers the task)
 
 __all__ = ["EnvFactory", "Environment", "PythonTool", "SQLTool", "SingleTurn", "StepResult", "ToolEnv", "tool_schema"]
+from entropo.envs import text_to_sql  # noqa: E402,F401  (registers text_to_sql, ReEx-SQL)

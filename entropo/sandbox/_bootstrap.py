@@ -478,6 +478,11 @@ def run_sqlite(config: dict) -> None:
         return
     more = len(rows) > max_rows
     rows = rows[:max_rows]
+    if config.get("output") == "json":  # typed rows for programs (result-set comparison), not for the model
+        print(json.dumps({"columns": columns, "truncated": more,
+                          "rows": [[f"<blob {len(v)} bytes>" if isinstance(v, bytes) else v for v in row]
+                                   for row in rows]}))
+        return
     out = [" | ".join(_cell(c, max_cell) for c in columns)]
     out.extend(" | ".join(_cell(v, max_cell) for v in row) for row in rows)
     if more:

@@ -30,18 +30,24 @@ class SQLiteSandbox:
     * ``stdout`` is a text table: a header row, then up to ``max_rows`` rows (``|``-separated; cells longer than
       ``max_cell_chars`` cut with "…", NULL shown as ``NULL``, blobs as ``<blob N bytes>``), then ``(N rows)`` or
       "… truncated: showing the first N rows". It is also capped at ``limits.output_bytes``.
+      With ``output="json"`` stdout is instead one JSON object ``{"columns": [...], "rows": [[...]], "truncated":
+      bool}`` with typed cells (NULL as null, numbers as numbers, blobs as ``"<blob N bytes>"``), for programs that
+      compare result sets (e.g. an execution-accuracy verifier) rather than for the model.
 
     Errors come back as not-ok results whose ``error`` is SQLite's message (e.g. "no such table: foo"). A database
     in WAL mode needs its ``-shm`` file present (or a writable directory) to be opened read-only.
     """
 
     def __init__(self, database: str | Path, limits: SandboxLimits = SandboxLimits(), max_rows: int = 100,
-                 max_cell_chars: int = 200, python: str = sys.executable) -> None:
+                 max_cell_chars: int = 200, python: str = sys.executable, output: str = "table") -> None:
         path = Path(database).expanduser().resolve()
         if not path.is_file():
             raise FileNotFoundError(f"SQLiteSandbox: no database file at {path}")
         if max_rows < 1 or max_cell_chars < 2:
             raise ValueError("SQLiteSandbox: max_rows must be >= 1 and max_cell_chars >= 2")
+        if output not in ("table", "json"):
+            raise ValueError(f"SQLiteSandbox: output must be 'table' or 'json', got {output!r}")
+        self.output = output
         self.database = path
         self.limits = limits
         self.max_rows = max_rows
@@ -56,6 +62,7 @@ class SQLiteSandbox:
             "max_rows": self.max_rows,
             "max_cell_chars": self.max_cell_chars,
             "max_length": min(1_000_000_000, self.limits.memory_mb * 2**20 // 8),
+            "output": self.output,
         }
         result = run_sandboxed(self.python, self.limits, config, files={"query.sql": sql},
                                kill_after_s=self.limits.timeout_s + KILL_GRACE_S)
