@@ -14,7 +14,7 @@ and ends with ``<answer>name</answer>``, judged against the gold answer and its 
 ``Republic of Zuna`` for a country). A turn with neither tag, an empty key or an unknown key gets an observation that
 says so; the episode ends at the answer or at ``max_turns``.
 
-Splits: names are drawn from two disjoint pools (about a fifth of all names, chosen by a seeded hash, are held out),
+Splits: names are drawn from two disjoint pools (a fifth of all names by default, chosen by a seeded shuffle, are held out),
 so every entity of a held-out question is unseen in training. Generation is deterministic in (seed, split, index).
 ``demonstration(example)`` gives the worked episode (one search per hop, then the answer) for the SFT warm-up.
 
@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import random
 import re
+import string
 from typing import Any
 
 from entropo.envs.base import Environment, Message, StepResult
@@ -45,8 +46,17 @@ PATHS = {
 DEFAULT_TEMPLATE = "What is {relation} of {entity}?"
 
 
-def all_names() -> list[str]:
-    """Every CVCV name (``Kavo``): 14·5·14·5 = 4,900 names, in a fixed order."""
+NAME_KINDS = ("syllables", "short", "letters")
+
+
+def all_names(kind: str = "syllables") -> list[str]:
+    """Every name of a kind, in a fixed order: ``syllables`` are CVCV names (``Kavo``; 14·5·14·5 = 4,900),
+    ``short`` CV names (``Ka``; 70),
+    ``letters`` single capital letters (``K``; 26 names, one token each for a character-level tokenizer)."""
+    if kind == "letters":
+        return list(string.ascii_uppercase)
+    if kind == "short":
+        return [(a + b).capitalize() for a in CONSONANTS for b in VOWELS]
     return [(a + b + c + d).capitalize() for a in CONSONANTS for b in VOWELS for c in CONSONANTS for d in VOWELS]
 
 
@@ -61,13 +71,18 @@ class MultihopLookupTask:
     factory ``multihop_lookup``."""
 
     def __init__(self, seed: int, eval_size: int, paths: list[str], template: str, chat: bool, train_size: int,
-                 held_out_frac: float):
+                 held_out_frac: float, names: str = "syllables"):
         self.name = "multihop_lookup"
         self.seed, self.paths, self.template, self.chat = seed, list(paths), template, chat
         self._train_size = train_size
-        names = all_names()
-        held = {n for n in names if random.Random(stable_seed(seed, "lookup-pool", n)).random() < held_out_frac}
+        names = all_names(names)
+        shuffled = list(names)
+        random.Random(stable_seed(seed, "lookup-pool")).shuffle(shuffled)
+        held = set(shuffled[: round(held_out_frac * len(names))])
         self.pools = {"train": [n for n in names if n not in held], "eval": [n for n in names if n in held]}
+        if min(len(p) for p in self.pools.values()) < 6:
+            raise ValueError(f"multihop_lookup: a split has fewer than 6 names ({len(self.pools['eval'])} held out "
+                             f"of {len(names)}); change held_out_frac or names")
         self._eval = [self._example("eval", j) for j in range(eval_size)]
 
     def _example(self, split: str, index: int) -> Example:
@@ -145,10 +160,14 @@ def token_f1(prediction: str, gold: str) -> float:
 @strict_params("multihop_lookup")
 def multihop_lookup(seed: int, eval_size: int = 64, *, paths: list[str] | None = None,
                     template: str = DEFAULT_TEMPLATE, chat: bool = True, train_size: int = 100_000,
-                    held_out_frac: float = 0.2) -> MultihopLookupTask:
+                    held_out_frac: float = 0.2, names: str = "syllables") -> MultihopLookupTask:
     """Task factory. ``paths``: relation paths to ask (default all: ``employer.city``, ``home.country`` (2 hops),
     ``employer.city.country`` (3 hops)); ``template`` with ``{relation}`` and ``{entity}``; ``chat`` (messages vs
-    plain text); ``train_size``; ``held_out_frac``: share of names reserved for the held-out split."""
+    plain text); ``train_size``; ``held_out_frac``: share of names reserved for the held-out split; ``names``:
+    ``syllables`` (``Kavo``), ``short`` (``Ka``) or ``letters`` (``K``: single characters, which the tiny character-level model can
+    copy after a short warm-up)."""
+    if names not in NAME_KINDS:
+        raise ValueError(f"multihop_lookup: unknown names {names!r}; allowed: {', '.join(NAME_KINDS)}")
     paths = list(paths) if paths is not None else list(PATHS)
     unknown = [p for p in paths if p not in PATHS]
     if not paths or unknown:
@@ -162,7 +181,7 @@ def multihop_lookup(seed: int, eval_size: int = 64, *, paths: list[str] | None =
                          f"{{entity}}") from None
     if not isinstance(train_size, int) or train_size < 1:
         raise ValueError(f"multihop_lookup: train_size must be a positive integer, got {train_size!r}")
-    return MultihopLookupTask(seed, eval_size, paths, template, chat, train_size, held_out_frac)
+    return MultihopLookupTask(seed, eval_size, paths, template, chat, train_size, held_out_frac, names)
 
 
 @register("environment", "multihop_lookup", paper="IGPO's synthetic lookup demo, arXiv 2510.14967")
@@ -170,14 +189,21 @@ class MultihopLookup(Environment):
     """Exact-key lookup in the question's table (``example.meta["facts"]``, from the ``multihop_lookup`` task).
 
     Params: ``max_turns`` (default 4; ``rollout.max_turns`` overrides), ``search_tag`` / ``answer_tag`` (tag names,
-    default ``search`` / ``answer``), ``not_found`` (the reply to an unknown key; ``{key}`` replaced)."""
+    default ``search`` / ``answer``), ``not_found`` (the reply to an unknown key; ``{key}`` replaced), ``keys``:
+    ``entity`` (default: the key is an entity name and the reply is its row) or ``relation`` (the key is a relation
+    such as ``employer``, followed from the current entity, which starts at the question's person; the reply is the
+    entity reached — a navigation variant whose actions need no copying of names, for very small models)."""
 
     observation_role = "tool"
 
     def __init__(self, max_turns: int = 4, search_tag: str = "search", answer_tag: str = "answer",
-                 not_found: str = "no entry for {key}"):
+                 not_found: str = "no entry for {key}", keys: str = "entity"):
         if not search_tag or not answer_tag or search_tag == answer_tag:
             raise ValueError("multihop_lookup: search_tag and answer_tag must be two different non-empty names")
+        if keys not in ("entity", "relation"):
+            raise ValueError(f"multihop_lookup: keys must be 'entity' or 'relation', got {keys!r} "
+                             f"(environment.params.keys)")
+        self.keys = keys
         self.max_turns = int(max_turns)
         self.search_tag, self.answer_tag, self.not_found = search_tag, answer_tag, not_found
         self.stop = (f"</{search_tag}>", f"</{answer_tag}>")
@@ -190,6 +216,9 @@ class MultihopLookup(Environment):
                              "multihop_lookup (or give each example a {key: row} table)")
         self.example = example
         self.table = {k.lower(): v for k, v in facts.items()}
+        self.links = {k: dict(re.findall(r"(\w+)=(\w+)", v)) for k, v in facts.items()}
+        chain = (example.meta or {}).get("chain") or [None]
+        self.cursor = chain[0]
         return example.prompt
 
     def _tag(self, name: str, text: str) -> str | None:
@@ -209,6 +238,12 @@ class MultihopLookup(Environment):
                               info={"malformed_actions": 1})
         if not key:
             return StepResult(observation="error: empty search", tool_call=True, info={"malformed_actions": 1})
+        if self.keys == "relation":
+            reached = self.links.get(self.cursor, {}).get(key.lower())
+            if reached is None:
+                return StepResult(observation=f"{self.cursor} has no {key}", tool_call=True)
+            self.cursor = reached
+            return StepResult(observation=reached, tool_call=True)
         row = self.table.get(" ".join(key.split()).lower())
         return StepResult(observation=row if row is not None else self.not_found.format(key=key), tool_call=True)
 
@@ -219,8 +254,11 @@ class MultihopLookup(Environment):
         if not chain or not facts:
             return None
         messages: list[Message] = []
-        for entity in chain[:-1]:
-            messages.append({"role": "assistant", "content": f"<{self.search_tag}>{entity}</{self.search_tag}>"})
-            messages.append({"role": self.observation_role, "content": facts[entity]})
+        relations = str(meta.get("path", "")).split(".")
+        for hop, entity in enumerate(chain[:-1]):
+            key = relations[hop] if self.keys == "relation" else entity
+            reply = chain[hop + 1] if self.keys == "relation" else facts[entity]
+            messages.append({"role": "assistant", "content": f"<{self.search_tag}>{key}</{self.search_tag}>"})
+            messages.append({"role": self.observation_role, "content": reply})
         messages.append({"role": "assistant", "content": f"<{self.answer_tag}>{chain[-1]}</{self.answer_tag}>"})
         return messages
