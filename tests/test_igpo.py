@@ -240,11 +240,31 @@ def test_malformed_and_unknown_actions_get_a_clear_observation():
         env.reset(Example(prompt="q", answer="a"), seed=0)
 
 
+def test_relation_keys_follow_links_from_the_questions_person():
+    task = make_task(0, names="letters", held_out_frac=0.3)
+    ex = next(task.train_example(i) for i in range(50) if task.train_example(i).meta["hops"] == 3)
+    env = MultihopLookup(keys="relation", search_tag="s", answer_tag="a")
+    demo = env.demonstration(ex)
+    assert [m["content"] for m in demo] == ["<s>employer</s>", ex.meta["chain"][1], "<s>city</s>",
+                                            ex.meta["chain"][2], "<s>country</s>", ex.meta["chain"][3],
+                                            f"<a>{ex.answer}</a>"]
+    results = play(env, ex, [m["content"] for m in demo if m["role"] == "assistant"])
+    assert [r.observation for r in results[:-1]] == ex.meta["chain"][1:]
+    assert results[-1].correct is True
+    person = ex.meta["chain"][0]
+    assert play(env, ex, ["<s>country</s>"])[0].observation == f"{person} has no country"
+    assert all(len(n) == 1 for n in ex.meta["entities"])
+    with pytest.raises(ValueError, match="environment.params.keys"):
+        MultihopLookup(keys="fuzzy")
+
+
 def test_task_params_are_checked():
     with pytest.raises(ValueError, match="unknown paths"):
         make_task(paths=["boss.city"])
     with pytest.raises(TypeError, match="allowed parameters"):
         make_task(depth=2)
+    with pytest.raises(ValueError, match="fewer than 6 names"):
+        make_task(names="letters", held_out_frac=0.1)
 
 
 # ---- a short end-to-end run ---------------------------------------------------------------------------------------------
