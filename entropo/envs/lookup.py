@@ -14,6 +14,11 @@ and ends with ``<answer>name</answer>``, judged against the gold answer and its 
 ``Republic of Zuna`` for a country). A turn with neither tag, an empty key or an unknown key gets an observation that
 says so; the episode ends at the answer or at ``max_turns``.
 
+Variants for small models (params): task ``names: short`` (``Ka``) or ``letters`` (``K``, one token each for a
+character-level tokenizer) instead of ``syllables``; environment ``keys: relation``, where the policy names the
+relation to follow (``<search>employer</search>`` -> ``Tumex``) from the question's person instead of copying entity
+names into its searches — the tiny demo model (recipe ``igpo``) cannot learn to copy names in a short warm-up.
+
 Splits: names are drawn from two disjoint pools (a fifth of all names by default, chosen by a seeded shuffle, are held out),
 so every entity of a held-out question is unseen in training. Generation is deterministic in (seed, split, index).
 ``demonstration(example)`` gives the worked episode (one search per hop, then the answer) for the SFT warm-up.
