@@ -3,6 +3,7 @@
 SQLite) and ``tools`` (typed Python functions)."""
 
 from entropo.envs.base import EnvFactory, Environment, SingleTurn, StepResult
+from entropo.envs import lookup  # noqa: F401  (registers task and environment multihop_lookup)
 from entropo.envs.python_tool import PythonTool
 from entropo.envs.search import SearchCorpus  # noqa: F401  (registers search_corpus)
 from entropo.envs.sql_tool import SQLTool
