@@ -251,6 +251,8 @@ def test_bad_calls_are_observations_and_the_episode_goes_on():
         "write(r)": "missing argument(s) ['value']",
         "write(r,x)": "argument 'value' must be integer",
         "write(R,1)": "bad object name",
+        "write(r,1,2)": "takes 2 argument(s) (key, value), got 3",
+        "ls(a)": "takes 0 argument(s) (none), got 1",
         "": "no tool call",
     }
     for action, message in cases.items():

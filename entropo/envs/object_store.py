@@ -35,13 +35,14 @@ environment can judge an episode (its verdict is what the ``correct`` reward and
 
 from __future__ import annotations
 
+import inspect
 import json
 import random
 import re
 from typing import Any, Sequence
 
 from entropo.envs.base import Message, StepResult
-from entropo.envs.tools import ToolEnv
+from entropo.envs.tools import CALL_RE, ToolEnv
 from entropo.registry import register
 from entropo.tasks.base import GeneratedTask, make_prompt, strict_params
 from entropo.types import Example
@@ -179,38 +180,34 @@ class ObjectStore(ToolEnv):
         return self.store == self.expected
 
     def step(self, action: str) -> StepResult:
-        raw = self._request(action)
-        if raw is None:
+        request = self._request(action)
+        if request is None:
             hint = ("write one call like read(b7)" if self.syntax == "compact"
                     else "write <tool_call>{\"name\": ..., \"arguments\": {...}}</tool_call>")
             return StepResult(observation=f"error: no tool call; {hint}", correct=self.success(),
                               info={"tool_errors": 1})
-        observation = self.call(raw)
+        observation = self.call(request) if request.startswith("{") else request
         error = observation.startswith("error:")
         return StepResult(observation=observation, done=self.finished and not error, correct=self.success(),
                           tool_call=True, info={"tool_errors": int(error)})
 
     def _request(self, action: str) -> str | None:
-        """The call in ``action`` as ToolEnv's JSON request (one call per turn: the first one), or None."""
+        """The turn's call as ToolEnv's JSON request (one call per turn: the first), an ``error: ...`` observation
+        for a compact call with too many arguments, or None when the turn holds no call."""
         if self.syntax == "json":
-            from entropo.envs.tools import CALL_RE
-
             calls = CALL_RE.findall(action)
             return calls[0] if calls else None
-        m = COMPACT_CALL_RE.match(action.strip().splitlines()[0] if action.strip() else "")
+        lines = action.strip().splitlines()
+        m = COMPACT_CALL_RE.match(lines[0]) if lines else None
         if m is None:
             return None
         name, args = m.group(1), parse_compact_args(m.group(2))
         fn = self.functions.get(name)
         if fn is None:
-            return json.dumps({"name": name, "arguments": {}})  # ToolEnv names the unknown tool
-        import inspect
-
+            return json.dumps({"name": name, "arguments": {}})  # ToolEnv's answer names the unknown tool
         params = list(inspect.signature(fn).parameters)
         if len(args) > len(params):
-            return json.dumps({"name": name, "arguments": {**dict(zip(params, args)),
-                                                           **{f"arg{i}": a for i, a in enumerate(args[len(params):],
-                                                                                                   len(params))}}})
+            return f"error: {name}: takes {len(params)} argument(s) ({', '.join(params) or 'none'}), got {len(args)}"
         return json.dumps({"name": name, "arguments": dict(zip(params, args))})
 
     def demonstration(self, example: Example) -> list[Message] | None:
