@@ -305,7 +305,7 @@ def test_loop_recipe_few_steps_end_to_end(tmp_path):
         "rollout.max_turns=2", "rollout.max_new_tokens=6", "rewards=[{name: _loop_test_even_length}]",
         "train.old_logprobs=recompute", "train.early_stop={name: kl_early_stop, params: {threshold: 1.0e-3}}",
         "eval.every=0", "logging.progress=false", "logging.plots=false", "logging.tensorboard=false",
-        "checkpoint.every=0",
+        "checkpoint.every=0", "optimizer.lr=1e-3",
     ])
     summary = train(recipe, run_dir=tmp_path / "run", console=lambda *_: None)
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]

@@ -31,6 +31,9 @@ EXPERIMENTS = [
         steps=40,
         note="Held-out success = the environment's verdict on the final store state, eval.n samples per held-out goal "
              "at temperature 1. The tiny model starts from a 300-step SFT warm-up on worked episodes; the 0/1 "
-             "rewards make the |A| filter drop exactly the groups whose episodes all succeeded or all failed.",
+             "rewards make the |A| filter drop exactly the groups whose episodes all succeeded or all failed. "
+             "With lr 1e-3 (the first version of the recipe) the first updates made sampling near-deterministic "
+             "(pass@8 = pass@1, ~98 % of rows filtered) and held-out success fell from 0.072 to 0.031; the recipe "
+             "uses 1e-4.",
     ),
 ]
