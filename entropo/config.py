@@ -179,6 +179,10 @@ class TrainConfig(_Section):
     max_nonfinite_steps: int = Field(
         3, ge=1, description="An optimizer update whose loss or gradient norm is NaN/inf is skipped (metric "
         "actor/nonfinite_skipped); after this many skipped updates in a row the run stops with an error.")
+    early_stop: ControllerSpec | None = Field(
+        None, description="A controller with a stop_update(metrics) method (e.g. kl_early_stop), asked after each "
+        "mini-batch's backward pass: when it says stop, that optimizer step is skipped and the RL step's remaining "
+        "mini-batches and epochs are not run (metric actor/early_stopped).")
     logprob_chunk_size: int = Field(1024, ge=1, description="Tokens per chunk in the log-prob/entropy pass.")
     activation_checkpointing: bool = Field(
         False, description="Recompute each decoder layer's activations in the backward pass instead of keeping them: "
@@ -390,6 +394,11 @@ def check_components(recipe: Recipe) -> None:
         c("regularizer", r, f"regularizers.{i}", _DATA_ARGS["regularizer"])
         if r.controller is not None:
             c("controller", r.controller, f"regularizers.{i}.controller", _DATA_ARGS["controller"])
+    if recipe.train.early_stop is not None:
+        c("controller", recipe.train.early_stop, "train.early_stop", _DATA_ARGS["controller"])
+        if not callable(getattr(registry.get("controller", recipe.train.early_stop.name), "stop_update", None)):
+            raise ConfigError(f"train.early_stop.name: controller {recipe.train.early_stop.name!r} has no "
+                              f"stop_update(metrics) method; use e.g. kl_early_stop")
     if not recipe.rewards:
         raise ConfigError("rewards: at least one reward is needed, e.g. [{name: correct}]")
 

@@ -234,6 +234,7 @@ def accumulate_gradients(model, mini: Batch, recipe: Recipe, objective: Bound, r
     sums: dict[str, float] = {}
     weight_total = 0.0
     pg_loss_sum = total_loss_sum = 0.0  # micro-batch losses add up to the mini-batch loss
+    seq_log_ratio_sum = 0.0  # sum over rows of each row's summed log(pi / pi_old) on its response tokens
     for _rows, micro in mini.split_by_length(recipe.train.micro_batch_size):
         n_tok = float(micro.response_mask.sum())
         if n_tok == 0:
@@ -250,6 +251,7 @@ def accumulate_gradients(model, mini: Batch, recipe: Recipe, objective: Bound, r
         loss = ops.aggregate(per_token_loss, micro.token_weights, agg.mode, **denominators)
         metrics = {f"actor/{k}": float(v) for k, v in metrics.items()}
         pg_loss_sum += float(loss.detach())
+        seq_log_ratio_sum += float(((logprobs.detach() - micro.old_logprobs) * micro.response_mask).sum())
         ctx = TokenContext(logprobs=logprobs, entropy=entropy, old_logprobs=micro.old_logprobs,
                            ref_logprobs=micro.ref_logprobs, advantages=micro.advantages, mask=micro.token_weights,
                            batch=micro, extras=extras, aggregation=agg.mode, norm_length=norm_length)
@@ -268,17 +270,27 @@ def accumulate_gradients(model, mini: Batch, recipe: Recipe, objective: Bound, r
     if not weight_total:
         return {}
     out = {k: v / weight_total for k, v in sums.items()}
-    out.update({"actor/pg_loss": pg_loss_sum, "actor/loss": total_loss_sum})
+    out.update({"actor/pg_loss": pg_loss_sum, "actor/loss": total_loss_sum,
+                # k1 KL(pi_old || pi) per trajectory: -mean over rows of the summed log importance weight
+                "actor/kl_old_seq_k1": -seq_log_ratio_sum / max(float(total_seqs), 1.0)})
     return out
 
 
 def policy_update(model, optimizer, scheduler, batch: Batch, recipe: Recipe, objective: Bound,
-                  regs: list[Regularizer], generator: torch.Generator) -> dict[str, float]:
-    """PPO-style epochs x mini-batches over one rollout batch; returns token-weighted mean metrics."""
+                  regs: list[Regularizer], generator: torch.Generator, early_stop: Any | None = None
+                  ) -> dict[str, float]:
+    """PPO-style epochs x mini-batches over one rollout batch; returns token-weighted mean metrics.
+
+    ``early_stop`` (``train.early_stop``, e.g. ``kl_early_stop``): asked with each mini-batch's metrics after its
+    backward pass; when ``stop_update`` is True that optimizer step is skipped and the remaining mini-batches and
+    epochs of this RL step are not run."""
     params = [p for p in model.parameters() if p.requires_grad]
     sums: dict[str, float] = {}
     count = skipped = 0
+    stopped = False
     for _epoch in range(recipe.train.ppo_epochs):
+        if stopped:
+            break
         order = torch.randperm(batch.size, generator=generator)
         for rows in order.chunk(recipe.train.mini_batches):
             mini = batch.select(rows.sort().values)
@@ -286,6 +298,10 @@ def policy_update(model, optimizer, scheduler, batch: Batch, recipe: Recipe, obj
             metrics = accumulate_gradients(model, mini, recipe, objective, regs)
             if not metrics:
                 continue
+            if early_stop is not None and early_stop.stop_update(metrics):
+                optimizer.zero_grad(set_to_none=True)
+                stopped = True
+                break
             clip = recipe.train.grad_clip
             grad_norm = torch.nn.utils.clip_grad_norm_(params, clip if clip is not None else float("inf"))
             if not guards.update_is_finite(optimizer, metrics.get("actor/loss"), grad_norm,
@@ -303,6 +319,8 @@ def policy_update(model, optimizer, scheduler, batch: Batch, recipe: Recipe, obj
     out["actor/lr"] = scheduler.get_last_lr()[0]
     out["actor/optimizer_steps"] = count
     out["actor/nonfinite_skipped"] = skipped
+    if early_stop is not None:
+        out["actor/early_stopped"] = float(stopped)
     return out
 
 
@@ -452,6 +470,7 @@ class Run:
     ref_scope: Callable[[], Any] = contextlib.nullcontext
     lora: Any = None  # entropo.models.lora.LoRA when model.lora is set
     old_token_fns: dict[str, Callable] = field(default_factory=dict)
+    early_stop: Any = None  # train.early_stop: a controller whose stop_update ends a step's update early
 
     def sample(self, examples: list[Example], n: int, temperature: float) -> tuple[Batch, dict[str, Any]]:
         """Play and score n episodes per example as the loop does (group ids continue the run's numbering)."""
@@ -571,6 +590,8 @@ def setup(recipe: Recipe, run_dir: str | Path | None, resume: bool, console: Cal
                              config=recipe.model_dump(mode="json")),
         old_token_fns=merged_token_fns(components, "old_token_fns"),
         lora=lora,
+        early_stop=(registry.get("controller", recipe.train.early_stop.name)(**recipe.train.early_stop.params)
+                    if recipe.train.early_stop is not None else None),
     )
     if latest is not None:
         restore_checkpoint(run, saved)
@@ -770,7 +791,7 @@ def update_phase(run: Run, batch: Batch, ctx: StepContext) -> dict[str, Any]:
     run.model.train()
     t0 = time.perf_counter()
     metrics |= policy_update(run.model, run.optimizer, run.scheduler, batch, run.recipe, run.objective, run.regs,
-                             run.update_gen)
+                             run.update_gen, early_stop=run.early_stop)
     elapsed = time.perf_counter() - t0
     run.engine.after_update(run.model)
     train_tokens = float(batch.attention_mask.sum()) * run.recipe.train.ppo_epochs
@@ -890,6 +911,8 @@ def restore_checkpoint(run: Run, saved: dict[str, Any]) -> None:
         comp.load_state_dict(c_state)
     for aux, a_state in zip(run.auxiliaries, saved.get("auxiliaries", [])):
         aux.load_state_dict(a_state)
+    if run.early_stop is not None and saved.get("early_stop") is not None:
+        run.early_stop.load_state_dict(saved["early_stop"])
     run.engine.load_state_dict(saved.get("engine", {}))
     run.state = RunState(**saved["run_state"])
     ckpt.set_rng_state(saved["rng"])
@@ -907,6 +930,7 @@ def save_checkpoint(run: Run) -> Path:
         "controllers": [r.controller.state_dict() if r.controller else None for r in run.regs],
         "components": [c.state_dict() for c in run.components],
         "auxiliaries": [aux.state_dict() for aux in run.auxiliaries],  # learned auxiliaries with their optimizers
+        "early_stop": run.early_stop.state_dict() if run.early_stop is not None else None,
         "engine": run.engine.state_dict(),
         "run_state": vars(run.state).copy(),
         "rng": ckpt.rng_state(),

@@ -93,16 +93,25 @@ def dr_grpo(batch: Batch) -> Tensor:
 
 
 @register("advantage", "rloo", paper="RLOO, Back to Basics (Ahmadian et al.), arXiv 2402.14740")
-def rloo(batch: Batch) -> Tensor:
+def rloo(batch: Batch, scale_std: bool = False, eps: float = 1e-7) -> Tensor:
     """A_i = r_i - mean_{j != i, j in group} r_j = n / (n - 1) * (r_i - mean_group r).
     A group of one sample has no other sample to form a baseline, so its baseline is 0 and A = r (as verl's
-    ``compute_rloo_outcome_advantage``). Example: r = [1, 0, 0] -> [1, -0.5, -0.5]."""
+    ``compute_rloo_outcome_advantage``). Example: r = [1, 0, 0] -> [1, -0.5, -0.5]; r = [1, 0, 0, 1] ->
+    [0.66667, -0.66667, -0.66667, 0.66667]. The advantages of a group (of two or more) sum to 0.
+
+    ``scale_std=True`` divides by max(std_group r, eps) with the population std (ddof 0): the ablation of LOOP
+    ("Reinforcement Learning for Long-Horizon Interactive LLM Agents", arXiv 2502.01600; apple/ml-loop
+    ``_compute_adv_estimates`` with ``adv_normalization: true``, which the paper reports hurts). Off by default."""
     returns = batch.returns().float()  # [B]
     count, mean, _ = ops.group_stats(returns, batch.group_ids)
     # sum of the others = n * mean - r_i; their mean divides by n - 1 (guarded: singletons get baseline 0 below)
     leave_one_out_mean = (count * mean - returns) / (count - 1).clamp_min(1.0)
     baseline = leave_one_out_mean.masked_fill(count == 1, 0.0)
-    return ops.broadcast_to_tokens(returns - baseline, batch.response_mask)
+    advantage = returns - baseline
+    if scale_std:
+        _, _, population_std = ops.group_stats(returns, batch.group_ids, unbiased=False)
+        advantage = advantage / population_std.clamp_min(eps)
+    return ops.broadcast_to_tokens(advantage, batch.response_mask)
 
 
 @register("advantage", "reinforce_pp", paper="REINFORCE++ (Hu et al.), arXiv 2501.03262")

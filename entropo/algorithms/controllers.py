@@ -9,6 +9,9 @@ Implemented here:
   Preferences" (arXiv 1909.08593), used by PPO-RLHF to hold KL(pi || pi_ref) near a target.
 - ``adaptive_entropy``: the step controller of Skywork-OR1 (arXiv 2505.22312), also in TRL's GRPOConfig
   (``use_adaptive_entropy``): raise the entropy-bonus coefficient while entropy is below a target, lower it above.
+- ``kl_early_stop``: LOOP's stop of the update iterations (Chen et al., "Reinforcement Learning for Long-Horizon
+  Interactive LLM Agents", arXiv 2502.01600), named in a recipe's ``train.early_stop``: a controller with a
+  ``stop_update(metrics) -> bool`` method, which the trainer asks after each mini-batch's backward pass.
 """
 
 from __future__ import annotations
@@ -69,3 +72,42 @@ class AdaptiveEntropy(Controller):
             return
         step = self.delta if metrics[self.metric] < self.target else -self.delta
         self.coef = min(max(self.coef + step, self.coef_min), self.coef_max)
+
+
+@register("controller", "kl_early_stop", paper="LOOP, arXiv 2502.01600 (high_kl_threshold)")
+class KLEarlyStop(Controller):
+    """Stop this RL step's update when the KL estimate of a mini-batch exceeds ``threshold``.
+
+    Used as ``train.early_stop: {name: kl_early_stop, params: {threshold: 20}}``. After each mini-batch's gradients
+    are accumulated and before its optimizer step, the trainer calls ``stop_update(metrics)`` with that mini-batch's
+    metrics; when it returns True the step is **not** taken and the remaining mini-batches and epochs of this RL step
+    are skipped (the next RL step starts normally: nothing carries over).
+
+    Checked against apple/ml-loop ``phi_agents/rl/train.py`` ``_gradient_step``: the estimate is
+    ``kl_estimate(log_iw) = -mean(log_iw)`` over the mini-batch's rollouts, log_iw the *trajectory* log importance
+    weight (sum over its output tokens of log pi_theta - log pi_old), computed in the forward pass whose gradient is
+    about to be applied; ``abs(kl) > high_kl_threshold`` (default 20) skips that optimizer step and ends the
+    iteration. Here that estimate is the trainer's metric ``actor/kl_old_seq_k1`` (the default ``metric``); any other
+    mini-batch metric works too (e.g. ``actor/approx_kl_old``, the token-mean k3 of ``ppo_clip``). The first
+    mini-batch of a step is on-policy, so its estimate is ~0 and it always steps.
+    ``events`` counts the stops over the run (checkpointed); ``coef`` is the threshold."""
+
+    def __init__(self, threshold: float = 20.0, metric: str = "actor/kl_old_seq_k1", absolute: bool = True):
+        if threshold < 0:
+            raise ValueError(f"kl_early_stop: threshold must be >= 0 (got {threshold})")
+        self.coef, self.metric, self.absolute = float(threshold), metric, bool(absolute)
+        self.events = 0
+        self.last_value = float("nan")
+
+    def stop_update(self, metrics: dict[str, float]) -> bool:
+        if self.metric not in metrics:
+            raise ValueError(f"kl_early_stop: metric {self.metric!r} is not among the mini-batch metrics "
+                             f"({', '.join(sorted(metrics))}); set train.early_stop.params.metric")
+        value = float(metrics[self.metric])
+        self.last_value = value
+        stop = (abs(value) if self.absolute else value) > self.coef
+        self.events += int(stop)
+        return stop
+
+    def update(self, metrics: dict[str, float]) -> None:
+        return None

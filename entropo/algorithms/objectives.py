@@ -56,7 +56,23 @@ def ratio_metrics(
     }
 
 
-@register("objective", "ppo_clip", paper="PPO clip (1707.06347) as in GRPO 2402.03300; clip-higher: DAPO 2503.14476")
+CLIP_BOUNDS = ("additive", "reciprocal")
+
+
+def lower_clip_margin(clip_low: float, clip_bounds: str) -> float:
+    """The margin m of the lower bound 1 - m: ``clip_low`` itself (``additive``), or clip_low / (1 + clip_low) so
+    that 1 - m = 1 / (1 + clip_low) (``reciprocal``, LOOP, arXiv 2502.01600: eps = 0.1 -> [0.90909, 1.1])."""
+    if clip_bounds not in CLIP_BOUNDS:
+        raise ValueError(f"clip_bounds must be one of {list(CLIP_BOUNDS)}, got {clip_bounds!r}")
+    if clip_bounds == "reciprocal":
+        if clip_low <= -1.0:
+            raise ValueError(f"clip_bounds=reciprocal needs clip_low > -1 (got {clip_low})")
+        return clip_low / (1.0 + clip_low)
+    return clip_low
+
+
+@register("objective", "ppo_clip", paper="PPO clip (1707.06347) as in GRPO 2402.03300; clip-higher: DAPO 2503.14476; "
+          "reciprocal bounds: LOOP 2502.01600")
 def ppo_clip(
     logprobs: Tensor,
     old_logprobs: Tensor,
@@ -64,9 +80,19 @@ def ppo_clip(
     mask: Tensor,
     clip_low: float = 0.2,
     clip_high: float = 0.2,
+    clip_bounds: str = "additive",
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """Per-token clipped surrogate loss max(-rho A, -clip(rho, 1 - clip_low, 1 + clip_high) A).
-    DAPO's clip-higher is ``clip_high=0.28``. At rho = 1 the gradient is -A * grad(logprobs)."""
+    """Per-token clipped surrogate loss max(-rho A, -clip(rho, lower, 1 + clip_high) A).
+    DAPO's clip-higher is ``clip_high=0.28``. At rho = 1 the gradient is -A * grad(logprobs).
+
+    ``clip_bounds``: ``"additive"`` (default) clips to [1 - clip_low, 1 + clip_high]; ``"reciprocal"`` clips to
+    [1 / (1 + clip_low), 1 + clip_high], the bounds of LOOP ("Reinforcement Learning for Long-Horizon Interactive
+    LLM Agents", arXiv 2502.01600), symmetric in log-ratio: with clip_low = clip_high = 0.1 the interval is
+    [0.90909, 1.1]. Checked against apple/ml-loop ``phi_agents/rl/train.py`` ``_ppo_loss``: clip_min = 1/(1+eps),
+    clip_max = 1+eps, objective min(rho A, clip(rho, clip_min, clip_max) A) per output token (loss_type
+    ``pg_per_token``), the rollout's loss the mean over its output tokens (recipes: ``seq-mean-token-mean``). The
+    metric ``clip_frac_low`` counts ratios under the reciprocal bound in that mode."""
+    clip_low = lower_clip_margin(clip_low, clip_bounds)
     ratio = importance_ratio(logprobs, old_logprobs)
     loss = clipped_surrogate(ratio, advantages, clip_low, clip_high)
     return loss, ratio_metrics(ratio, logprobs, old_logprobs, advantages, mask, clip_low, clip_high)
