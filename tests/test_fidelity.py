@@ -18,6 +18,7 @@ from entropo.batch import Batch
 from entropo.components import Bound
 from entropo.config import load_recipe
 from entropo.trainer import accumulate_gradients
+from entropo.trainer import train as train_fn
 
 
 def _mm(x, mask):
@@ -249,3 +250,150 @@ def test_trainer_accumulation_micro_scope_equals_released_and_batch_scope_is_spl
     assert grads[0].abs().sum() > 0
     for g in grads[1:]:
         torch.testing.assert_close(g, grads[0], rtol=1e-5, atol=1e-7)
+
+
+# ---- the SmolLM2 profile of `entropo reproduce` ----------------------------------------------------------------------
+
+def test_smollm2_profile_arms_validate_and_quick_suite_is_unchanged():
+    from entropo.config import check_components
+    from entropo.reproduce.experiments import ARMS, MEASURES, PROFILES, select
+    from entropo.reproduce.runner import SuiteConfig, arm_recipe
+
+    profile = PROFILES["smollm2"]
+    cfg = SuiteConfig(**profile.config)
+    assert cfg.seeds >= 2 and cfg.eval_n >= 8 and profile.suite == "smollm2"
+    exps = select([], "smollm2")
+    assert [e.name for e in exps] == ["s2_entropy_mechanism", "s2_clip_cov", "s2_entropy_targets",
+                                      "s2_steer_siren_lpreg"]
+    arms = sorted({a for e in exps for a in e.arms})
+    assert set(arms) == {a for a in ARMS if a.startswith("s2_")}
+    for e in exps:
+        for c in e.checks:
+            assert c.measure in MEASURES and set(c.arms()) <= set(e.arms)
+        assert set(e.extra_measures) <= set(MEASURES)
+    for arm in arms:  # every arm is the shared recipe + its method's components, and builds
+        r = arm_recipe(arm, 2, cfg)
+        check_components(r)
+        Bound("objective", r.objective.name, r.objective.params)
+        for reg in r.regularizers:
+            Bound("regularizer", reg.name, reg.params)
+        assert r.seed == 2 and r.train.steps == cfg.steps and r.eval.k == [1, 8] and r.eval.every == 0
+        assert r.model.name_or_path == "smollm2-135m-instruct" and r.train.mini_batches == 4
+        assert r.task.params["num_terms"] == 3 and r.rollout.temperature == 1.0
+    scopes = {arm: arm_recipe(arm, 0, cfg).objective.params.get("scope", "batch") for arm in arms}
+    for method in ("clip_cov", "kl_cov", "steer"):  # both scopes of the methods whose released code is per micro
+        assert scopes[f"s2_{method}"] == "batch" and scopes[f"s2_{method}_micro"] == "micro"
+    steer = arm_recipe("s2_steer", 0, cfg).objective.params  # from the released run_exp.sh
+    assert (steer["lambda_min"], steer["lambda_max"], steer["mapping"], steer["clip_low"], steer["clip_high"],
+            steer["clip_c"]) == (0.8, 1.0, "exp", 0.2, 0.28, 10.0)
+    clip_cov = arm_recipe("s2_clip_cov", 0, cfg).objective.params  # the Clip-Cov script: standard clip 1 / 1
+    assert (clip_cov["clip_low"], clip_cov["clip_high"]) == (1.0, 1.0)
+    epo = arm_recipe("s2_epo", 0, cfg).regularizers[0].params
+    assert epo["phase_steps"] == cfg.steps
+    # the tiny quick suite is untouched
+    assert [e.name for e in select([])] == ["entropy_mechanism", "entropy_identity", "clip_cov", "entropy_targets",
+                                            "steer_siren_lpreg", "sample_efficiency", "stability"]
+
+
+TINY = ["model.name_or_path=tiny", "warmup.steps=5", "rollout.prompts_per_step=2", "rollout.n=4", "task.eval_size=4",
+        "eval.n=2", "eval.k=[1, 2]", "rollout.max_new_tokens=3"]
+
+
+@pytest.fixture
+def two_arm_suite(monkeypatch):
+    from entropo.reproduce import experiments
+
+    exp = experiments.Experiment("resume_toy", "R. two arms", "test", "Clip-Cov keeps entropy above GRPO's.",
+                                 ["grpo", "clip_cov"], [experiments.Compare("entropy_last_third", "clip_cov", "grpo")],
+                                 suite="resume_toys")
+    monkeypatch.setitem(experiments.EXPERIMENTS_BY_NAME, "resume_toy", exp)
+    return exp
+
+
+class Interrupted(Exception):
+    pass
+
+
+def _counting_train(monkeypatch, interrupt: str | None = None):
+    """Patch the trainer the runner calls: count runs per arm; ``interrupt`` cuts that arm off after one step."""
+    import entropo.trainer as trainer
+
+    real, calls = train_fn, []
+
+    def train(recipe, **kw):
+        arm = recipe.name.rsplit("_seed", 1)[0]
+        if recipe.train.steps == 0:  # the warm-up cache's 0-step run
+            return real(recipe, **kw)
+        calls.append(arm)
+        if arm == interrupt:
+            real(recipe, stop_after=1, **kw)
+            raise Interrupted  # the process dies here (pytest reserves KeyboardInterrupt for itself)
+        return real(recipe, **kw)
+
+    monkeypatch.setattr(trainer, "train", train)
+    return calls
+
+
+def test_interrupted_suite_reruns_only_the_cut_off_arm(tmp_path, monkeypatch, two_arm_suite):
+    from entropo.reproduce.runner import SuiteConfig, run_suite
+
+    cfg = SuiteConfig(seeds=1, steps=2, eval_size=4, eval_n=2, overrides=TINY)
+    calls = _counting_train(monkeypatch, interrupt="clip_cov")
+    with pytest.raises(Interrupted):
+        run_suite(tmp_path, cfg, only=["resume_toy"], console=lambda *_: None)
+    assert calls == ["grpo", "clip_cov"]
+    cut = read_metrics_rows(tmp_path / "runs" / "clip_cov" / "seed0")
+    assert cut and not any(r.get("final") for r in cut)  # one step logged, no end-of-run row
+    calls = _counting_train(monkeypatch)
+    summary = run_suite(tmp_path, cfg, only=["resume_toy"], console=lambda *_: None)
+    assert calls == ["clip_cov"]  # the finished GRPO run is reused; only the cut-off arm runs again, from scratch
+    rows = read_metrics_rows(tmp_path / "runs" / "clip_cov" / "seed0")
+    assert [r["step"] for r in rows if not r.get("final")] == [0, 1] and rows[-1].get("final")
+    assert summary["experiments"]["resume_toy"]["verdict"]
+    calls = _counting_train(monkeypatch)
+    run_suite(tmp_path, cfg, only=["resume_toy"], console=lambda *_: None)
+    assert calls == []  # a finished (arm, seed) is never rerun
+
+
+def test_budget_stops_starting_runs_and_the_next_call_continues(tmp_path, monkeypatch, two_arm_suite):
+    from entropo.reproduce.runner import SuiteConfig, run_suite
+
+    cfg = SuiteConfig(seeds=1, steps=1, eval_size=4, eval_n=2, overrides=TINY, budget_s=1e-6)
+    calls = _counting_train(monkeypatch)
+    first = run_suite(tmp_path, cfg, only=["resume_toy"], console=lambda *_: None)
+    assert calls == ["grpo"] and first["incomplete"]  # one run per call at this budget, never zero
+    assert first["remaining"] == ["clip_cov seed 0"] and not (tmp_path / "report.md").exists()
+    done = run_suite(tmp_path, cfg, only=["resume_toy"], console=lambda *_: None)  # the finished run is reused
+    assert calls == ["grpo", "clip_cov"] and not done.get("incomplete") and (tmp_path / "report.md").exists()
+
+
+def read_metrics_rows(run_dir):
+    from entropo.logging import read_metrics
+
+    return read_metrics(run_dir)
+
+
+def test_cli_scale_picks_the_profile(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    import entropo.reproduce as reproduce
+    from entropo.cli import app
+
+    seen = {}
+
+    def fake_run_suite(out_dir, cfg, only, console, command, suite):
+        seen.update(out_dir=out_dir, cfg=cfg, suite=suite, command=command)
+        return {"incomplete": True, "remaining": ["s2_grpo seed 0"], "wall_s": 1.0}
+
+    monkeypatch.setattr(reproduce, "run_suite", fake_run_suite)
+    res = CliRunner().invoke(app, ["reproduce", "--scale", "smollm2", "--seeds", "2", "--budget-min", "9",
+                                   "--set", "rollout.prompts_per_step=32", "--out", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    cfg = seen["cfg"]
+    assert seen["suite"] == "smollm2" and cfg.seeds == 2 and cfg.eval_n == 8 and cfg.budget_s == 540
+    assert cfg.overrides == ["rollout.prompts_per_step=32"] and cfg.eval_every == 0
+    assert "--scale smollm2" in seen["command"] and "rerun the same command" in res.output
+    bad = CliRunner().invoke(app, ["reproduce", "--scale", "nope"])
+    assert bad.exit_code != 0 and "smollm2" in bad.output
+    both = CliRunner().invoke(app, ["reproduce", "--scale", "smollm2", "--quick"])
+    assert both.exit_code != 0
