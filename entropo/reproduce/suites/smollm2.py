@@ -135,7 +135,7 @@ EXPERIMENTS: list[Experiment] = [
 
 PROFILES = {
     "smollm2": Profile(
-        "smollm2", {"seeds": 3, "steps": 120, "eval_size": 64, "eval_n": 8, "eval_every": 0},
+        "smollm2", {"seeds": 3, "steps": 100, "eval_size": 64, "eval_n": 8, "eval_every": 0},
         "the entropy methods on SmolLM2-135M-Instruct (a+b+c with a short chain of thought), "
-        "3 seeds x 120 steps, held-out pass@1 / pass@8 on 64 prompts x 8 samples"),
+        "3 seeds x 100 steps, held-out pass@1 / pass@8 on 64 prompts x 8 samples"),
 }
