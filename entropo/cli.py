@@ -338,18 +338,38 @@ def reproduce(
                                               "command that regenerates it to this file (e.g. docs/reproduce_quick.md)."),
     suite: str = typer.Option("entropy", "--suite", help="Which experiments run when --only is not given: entropy "
                               "(the RLVR entropy methods) or another suite, e.g. agents."),
+    scale_name: Optional[str] = typer.Option(None, "--scale", help="A named profile: its suite and scale, e.g. "
+                                             "smollm2 (the entropy methods on SmolLM2-135M-Instruct, hours of CPU; "
+                                             "docs/reproduce_smollm2.md). Resumable: rerun the same command."),
+    budget_min: Optional[float] = typer.Option(None, "--budget-min", help="Start no new run once this many minutes "
+                                               "would be exceeded (at least one run starts); rerun the same command "
+                                               "to continue. E.g. 9 for 10-minute calls."),
 ):
     """Small-scale reproductions of each method's paper claim: runs the suite and writes OUT/report.md."""
     from entropo.config import ConfigError
     from entropo.reproduce import SuiteConfig, run_suite
+    from entropo.reproduce.experiments import PROFILES
 
     scale = {k: v for k, v in (("seeds", seeds), ("steps", steps)) if v is not None}
-    extra = {"overrides": list(set_), "threads": threads or None, "fixed_steps": steps is not None}
-    cfg = SuiteConfig.quick(**scale, **extra) if quick else SuiteConfig(**scale, **extra)
-    default_dir = "reproduce" if suite == "entropy" else f"reproduce_{suite}"
+    extra = {"overrides": list(set_), "threads": threads or None, "fixed_steps": steps is not None,
+             "budget_s": budget_min * 60 if budget_min is not None else None}
+    if scale_name is not None:
+        if scale_name not in PROFILES:
+            _fail(f"--scale {scale_name!r}: unknown; allowed: {', '.join(sorted(PROFILES))}")
+        if quick:
+            _fail("--scale and --quick are two different scales: choose one")
+        profile = PROFILES[scale_name]
+        suite = profile.suite
+        cfg = SuiteConfig(**{**profile.config, **scale, **extra})
+        default_dir = f"reproduce_{scale_name}"
+    else:
+        cfg = SuiteConfig.quick(**scale, **extra) if quick else SuiteConfig(**scale, **extra)
+        default_dir = "reproduce" if suite == "entropy" else f"reproduce_{suite}"
     out_dir = out or Path("runs") / (f"{default_dir}_quick" if quick else default_dir)
     command = " ".join(["entropo reproduce", *(["--quick"] if quick else []),
-                        *([f"--suite {suite}"] if suite != "entropy" else []), *(f"--only {o}" for o in only),
+                        *([f"--scale {scale_name}"] if scale_name else []),
+                        *([f"--suite {suite}"] if suite != "entropy" and not scale_name else []),
+                        *(f"--only {o}" for o in only),
                         *(f"--{k} {v}" for k, v in scale.items()), *(f"--set {o}" for o in set_),
                         *([f"--out {out}"] if out else []), *([f"--summary-md {summary_md}"] if summary_md else [])])
     console.print(f"[bold]entropo reproduce[/] {cfg.seeds} seed(s) × {cfg.steps} steps → {out_dir}")
@@ -358,6 +378,10 @@ def reproduce(
                             command=command, suite=suite)
     except (ConfigError, ValueError, FileExistsError) as e:
         _fail(str(e))
+    if summary.get("incomplete"):
+        console.print(f"{len(summary['remaining'])} run(s) left after {summary['wall_s'] / 60:.1f} min; rerun the same "
+                      f"command to continue (finished runs are reused): {command}")
+        return
     from entropo.reproduce.report import VERDICT_MARK, summary_document
 
     if summary_md is not None:

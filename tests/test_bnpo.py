@@ -77,24 +77,61 @@ def test_running_moments_and_state_round_trip():
 
 def test_advantage_decomposition_averages_terms():
     # two reward terms: "correct" = toy rewards, "format" = all 1 (p = 1 -> A = 0); composite = correct + format in
-    # [1, 2] mapped with r_min = 1, r_max = 2 -> the toy again. Official average over (total, correct, format):
-    # (A_toy + A_toy + 0) / 3. The terms come from batch.reward_terms (filled by the trainer), not a re-scoring.
+    # [1, 2] mapped with r_min = 1, r_max = 2 -> the toy again. The released code (RayBNPOTrainer.fit) averages
+    # only the keys containing "reward_tensor" (acc_reward_tensor, format_reward_tensor), not the combined reward:
+    # (A_toy + 0) / 2. The terms come from batch.reward_terms (filled by the trainer), not a re-scoring.
     correct = [float(r) for r in TOY[0]]
     batch = make_batch([r + 1 for r in correct], TOY[1])
     batch.reward_terms = {"correct": torch.tensor(correct), "format": torch.ones(len(correct))}
     comp = Bound("advantage", "bnpo", {"decompose": True, "r_min": 1.0, "r_max": 2.0})
     adv = comp(batch)
     toy = BNPO()(make_batch(*TOY))
-    assert torch.allclose(adv, 2 * toy / 3, atol=1e-6)
-    # the hand values: (2/3) * [0.54360, -0.27180, -0.27180, 0.27180, 0.27180, -0.54360]
-    expected = torch.tensor([0.36240, -0.18120, -0.18120, 0.18120, 0.18120, -0.36240])
-    assert torch.allclose(adv[:, 0], expected, atol=1e-5)
-    assert set(comp.instance.last_alpha) == {"total", "term/correct", "term/format"}
-    # without the composite term: (A_toy + 0) / 2
-    adv = BNPO(decompose=True, include_total=False, r_min=1.0, r_max=2.0)(batch)
     assert torch.allclose(adv, toy / 2, atol=1e-6)
+    # the hand values: (1/2) * [0.54360, -0.27180, -0.27180, 0.27180, 0.27180, -0.54360]
+    expected = torch.tensor([0.27180, -0.13590, -0.13590, 0.13590, 0.13590, -0.27180])
+    assert torch.allclose(adv[:, 0], expected, atol=1e-5)
+    assert set(comp.instance.last_alpha) == {"term/correct", "term/format"}  # no "total" fit by default
+    # opt-in extension (not in the released code): the composite as a third term, (A_toy + A_toy + 0) / 3
+    with_total = BNPO(decompose=True, include_total=True, r_min=1.0, r_max=2.0)
+    adv = with_total(batch)
+    assert torch.allclose(adv, 2 * toy / 3, atol=1e-6)
+    assert set(with_total.last_alpha) == {"total", "term/correct", "term/format"}
     with pytest.raises(ValueError, match="reward_terms"):
         BNPO(decompose=True)(make_batch(*TOY))
+
+
+def reference_decomposed_advantage(terms: dict, group_ids: list[int]) -> torch.Tensor:
+    """Independent re-statement of the released loop: per reward term (in [0, 1]) the BNPO outcome advantage with
+    its own Beta fit (group mean p, singleton -> 0; mean / unbiased variance of the per-prompt p; alpha, beta =
+    max(1 + a / 3, 1), ...; A = clamp(1 / pdf(p), 0, 1e6) (r - p)), then the plain average over the terms."""
+    out = []
+    for scores in terms.values():
+        groups: dict[int, list[float]] = {}
+        for g, r in zip(group_ids, scores):
+            groups.setdefault(g, []).append(float(r))
+        means = {g: (0.0 if len(v) == 1 else sum(v) / len(v)) for g, v in groups.items()}
+        ps = torch.tensor(list(means.values()), dtype=torch.float64)
+        mu, var = float(ps.mean()), float(ps.var())
+        a = (mu * (1 - mu) / var - 1) * mu
+        b = (mu * (1 - mu) / var - 1) * (1 - mu)
+        dist = torch.distributions.Beta(torch.tensor(max(1 + a / 3, 1.0), dtype=torch.float64),
+                                        torch.tensor(max(1 + b / 3, 1.0), dtype=torch.float64))
+        adv = [float((1 / dist.log_prob(torch.tensor(means[g], dtype=torch.float64)).exp()).clamp(0, 1e6))
+               * (float(r) - means[g]) for g, r in zip(group_ids, scores)]
+        out.append(torch.tensor(adv))
+    return torch.stack(out).mean(0)
+
+
+def test_decomposition_matches_released_loop_on_two_terms():
+    # accuracy and format both vary, so both terms have non-trivial Beta fits
+    acc = [1.0, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0, 1.0]
+    fmt = [1.0, 1.0, 0.0, 1.0, 0.0, 0.0, 1.0, 1.0, 1.0]
+    groups = [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    batch = make_batch([a + f for a, f in zip(acc, fmt)], groups)
+    batch.reward_terms = {"accuracy": torch.tensor(acc), "format": torch.tensor(fmt)}
+    adv = BNPO(decompose=True)(batch)[:, 0]
+    expected = reference_decomposed_advantage({"acc": acc, "format": fmt}, groups)
+    assert torch.allclose(adv, expected.float(), atol=1e-5)
 
 
 def test_decomposition_reads_the_terms_the_rollout_recorded():

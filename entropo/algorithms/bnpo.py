@@ -23,13 +23,18 @@ Verified against the official code and resolved here:
   ``momentum`` (default 0 = official) optionally smooths them across steps with an exponential moving average
   (mu <- m mu_prev + (1 - m) mu_batch, same for sigma^2), which is the state of this class component (checkpointed
   through ``state_dict``) — useful with few prompts per step, where the per-batch fit is noisy.
-- Advantage decomposition (``decompose=True``) [verified]: the official loop computes the BNPO advantage separately
-  for every reward tensor whose key contains "reward_tensor" — the composite reward AND each component (accuracy,
-  format) — each with its own Beta fit, and averages them. Here the components are the recipe's reward terms:
-  ``batch.reward_terms`` ({reward label: [B] unweighted value}), which the trainer fills from the reward runner when
-  it scores the rollout (nothing is scored twice; unfinished rows have no outcome yet and carry 0), each mapped to
-  [0, 1] with its own observed range when it is not already inside [0, 1]; ``include_total=True`` (official) adds
-  the composite ``batch.returns()`` as one more term. Default off (as the paper's main runs).
+- Advantage decomposition (``decompose=True``) [verified]: the official loop (``RayBNPOTrainer.fit`` with
+  ``use_advantage_decomposition``) computes the BNPO advantage separately for every batch key that contains
+  "reward_tensor" — ``acc_reward_tensor`` and ``format_reward_tensor``, the separate accuracy and format rewards
+  — each with its own Beta fit, and averages them. The combined reward is stored under ``token_level_scores`` /
+  ``token_level_rewards``, whose names do not contain "reward_tensor", so it is NOT one of the averaged terms.
+  Here the components are the recipe's reward terms: ``batch.reward_terms`` ({reward label: [B] unweighted
+  value}), which the trainer fills from the reward runner when it scores the rollout (nothing is scored twice;
+  unfinished rows have no outcome yet and carry 0), each mapped to [0, 1] with its own observed range when it is
+  not already inside [0, 1] (the official code assumes [0, 1] terms and asserts p in [0, 1]).
+  ``include_total`` (default False = official) optionally adds the composite ``batch.returns()`` as one more
+  averaged term — an entropo extension, not in the released code. ``decompose`` itself defaults to off (as the
+  paper's main runs).
 
 Metrics go to the trainer through the advantages only; ``last_alpha`` / ``last_beta`` are kept on the instance.
 """
@@ -94,12 +99,13 @@ def to_unit_interval(values: Tensor, low: float | None = None, high: float | Non
 class BNPO:
     """Beta-normalised outcome advantage (see module doc). Params: ``r_min`` / ``r_max`` (reward range mapped to
     [0, 1]), ``momentum`` (EMA of the success-rate moments across steps; 0 = official per-batch fit),
-    ``decompose`` / ``include_total`` (advantage decomposition over the recipe's reward terms).
+    ``decompose`` (advantage decomposition: the average of the per-term advantages of the recipe's reward terms, as
+    the released code) / ``include_total`` (also average in the composite reward; default False, not official).
     Example (tests/test_bnpo.py): groups r = [1, 0, 0], [1, 1, 0] -> alpha = beta = 1.58333,
     A = [0.5436, -0.2718, -0.2718], [0.2718, 0.2718, -0.5436]."""
 
     def __init__(self, r_min: float = 0.0, r_max: float = 1.0, momentum: float = 0.0, decompose: bool = False,
-                 include_total: bool = True):
+                 include_total: bool = False):
         if r_max <= r_min:
             raise ValueError(f"bnpo: r_max ({r_max}) must exceed r_min ({r_min})")
         if not 0.0 <= momentum < 1.0:

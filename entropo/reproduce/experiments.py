@@ -321,6 +321,7 @@ class Experiment:
                                                        "response/length_mean"])
     extra_plots: list[str] = field(default_factory=list)
     targets: dict[str, float] = field(default_factory=dict)  # arm -> entropy target (drawn on the entropy plot)
+    extra_measures: list[str] = field(default_factory=list)  # measures shown in the arm table beyond the checks'
     note: str = ""
     suite: str = "entropy"  # the `entropo reproduce --suite` that runs it (entropy: the RLVR entropy methods)
     steps: int | None = None  # this experiment's RL steps per run (None: the suite's; a user's --steps wins)
@@ -429,9 +430,23 @@ EXPERIMENTS: list[Experiment] = [
 
 
 
+@dataclass
+class Profile:
+    """A named scale of ``entropo reproduce --scale NAME``: the suite it runs and its default ``SuiteConfig``
+    fields (seeds, steps, eval_size, eval_n, threads); the user's --seeds / --steps / --set still win."""
+
+    suite: str
+    config: dict[str, Any] = field(default_factory=dict)
+    description: str = ""
+
+
+PROFILES: dict[str, Profile] = {}
+
+
 def _load_suites() -> None:
     """Add the experiments and arms of every module in ``entropo.reproduce.suites`` (each defines ``ARMS`` and
-    ``EXPERIMENTS``), so a method's experiment lives beside nothing else's."""
+    ``EXPERIMENTS``, and optionally ``PROFILES: dict[str, Profile]``), so a method's experiment lives beside nothing
+    else's."""
     import importlib
     import pkgutil
 
@@ -444,6 +459,10 @@ def _load_suites() -> None:
                 raise ValueError(f"reproduce arm {name!r} of {module.__name__} is already defined")
             ARMS[name] = arm
         EXPERIMENTS.extend(getattr(module, "EXPERIMENTS", []))
+        for name, profile in getattr(module, "PROFILES", {}).items():
+            if name in PROFILES:
+                raise ValueError(f"reproduce profile {name!r} of {module.__name__} is already defined")
+            PROFILES[name] = profile
 
 
 _load_suites()

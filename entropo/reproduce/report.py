@@ -277,7 +277,7 @@ def write_report(out_dir: Path, experiments: list[Experiment], runs: dict[str, l
                           "slopes": {k: res.slope(k) for k in bandit.PG_KINDS}})
         else:
             exp_runs = {arm: runs[arm] for arm in exp.arms}
-            extra = [m for m in SUMMARY_MEASURES if m not in exp.measures()]
+            extra = [m for m in [*SUMMARY_MEASURES, *exp.extra_measures] if m not in exp.measures()]
             if "epo" in exp.arms:
                 extra.append("epo_band_inside")
             if "d3s" in exp.arms:
@@ -333,10 +333,12 @@ def write_report(out_dir: Path, experiments: list[Experiment], runs: dict[str, l
     run_s = sum(float(series(rows, "time/step_s")[1].sum()) for seeds in runs.values() for rows in seeds)
     summary["runs_step_s"] = run_s
     counts = {v: sum(e["verdict"] == v for e in summary["experiments"].values()) for v in (HELD, NOT_HELD, INCONCLUSIVE)}
+    every = getattr(cfg, "eval_every", None)
+    when = (f"every {max(1, cfg.steps // 4)} steps and at the end" if every is None
+            else "at the start and the end" if every == 0 else f"every {every} steps and at the end")
     scale = (f"Scale: {cfg.seeds} seed(s) per arm, {cfg.steps} RL steps, held-out eval on {cfg.eval_size} prompts × "
-             f"{cfg.eval_n} samples at T = 1 (pass@1, pass@{cfg.eval_n}), every {max(1, cfg.steps // 4)} steps and at "
-             f"the end." + (f" Overrides on every arm: {', '.join(f'`{o}`' for o in cfg.overrides)}."
-                            if cfg.overrides else ""))
+             f"{cfg.eval_n} samples at T = 1 (pass@1, pass@{cfg.eval_n}), {when}."
+             + (f" Overrides on every arm: {', '.join(f'`{o}`' for o in cfg.overrides)}." if cfg.overrides else ""))
     rule = ("Each verdict comes from the rule stated in its check, applied to per-seed numbers paired by seed (arm "
             "and baseline of a seed start from the same warmed-up model). *held*: every seed shows the claimed effect; "
             "*did not hold*: no seed does; *inconclusive*: the seeds disagree or the effect is below the stated margin. "

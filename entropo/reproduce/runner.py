@@ -8,6 +8,11 @@ Layout of the output directory::
 
 Arms shared by several experiments (the GRPO baselines) run once. A finished run (its metrics end with the
 end-of-run row) is reused when the suite is run again into the same directory; an unfinished one is started over.
+So the suite is resumable arm by arm: after an interruption the same command reruns only the (arm, seed) that was
+cut off and those not yet started. ``SuiteConfig.budget_s`` bounds one invocation: once the time spent plus the
+longest run of this invocation would exceed it, no further run starts and the invocation ends without a report
+(``run_suite`` returns ``{"incomplete": True, "remaining": [...]}``); the same command continues where it stopped
+(e.g. 10-minute calls on a machine that allows no longer commands).
 
 The warm-up cache: the trainer seeds everything, builds the model (the tiny model's init leaves the global RNG
 alone), then warms it up with its own generator, so a run that starts from the saved warmed-up model with
@@ -51,6 +56,8 @@ class SuiteConfig:
     # at load average 8 on 2 cores. None leaves torch's setting alone (e.g. for a real model on an idle machine).
     threads: int | None = 1
     fixed_steps: bool = False  # the user chose the step count (--steps): it wins over an experiment's own
+    budget_s: float | None = None  # start no new run once elapsed + the longest run so far would exceed this
+    eval_every: int | None = None  # held-out eval every this many steps (None: steps // 4; 0: at start and end only)
 
     @classmethod
     def quick(cls, **kw) -> SuiteConfig:
@@ -58,7 +65,7 @@ class SuiteConfig:
 
     def common_overrides(self, seed: int) -> list[str]:
         """Overrides every arm gets before its own: scale, evaluation, and no per-run extras."""
-        every = max(1, self.steps // 4)
+        every = max(1, self.steps // 4) if self.eval_every is None else self.eval_every
         # eval.max_prompts, not task.eval_size: the task's split (and so the warm-up) stays the shipped recipe's
         return [f"seed={seed}", f"train.steps={self.steps}", f"eval.max_prompts={self.eval_size}",
                 f"eval.n={self.eval_n}", f"eval.k={sorted({1, self.eval_n})}", "eval.temperature=1.0",
@@ -119,6 +126,14 @@ def from_warm_model(recipe: Recipe, model_path: Path) -> Recipe:
     return out
 
 
+def is_reusable(arm_name: str, seed: int, cfg: SuiteConfig, out_dir: Path) -> bool:
+    """Whether (arm, seed) already finished in ``out_dir`` with exactly this recipe (and thread count)."""
+    run_dir = out_dir / "runs" / arm_name / f"seed{seed}"
+    key_file = run_dir / "repro_recipe.sha"  # the arm's recipe before the warm-up swap: reuse only an equal run
+    return (is_finished(run_dir) and key_file.exists()
+            and key_file.read_text() == recipe_fingerprint(arm_recipe(arm_name, seed, cfg), cfg.threads))
+
+
 def run_arm(arm_name: str, seed: int, cfg: SuiteConfig, out_dir: Path, console: Callable[[str], None],
             train_fn: Callable | None = None) -> Path:
     """Run (or reuse) one arm at one seed; returns its run directory."""
@@ -126,8 +141,8 @@ def run_arm(arm_name: str, seed: int, cfg: SuiteConfig, out_dir: Path, console: 
         from entropo.trainer import train as train_fn
     run_dir = out_dir / "runs" / arm_name / f"seed{seed}"
     recipe = arm_recipe(arm_name, seed, cfg)
-    key_file = run_dir / "repro_recipe.sha"  # the arm's recipe before the warm-up swap: reuse only an equal run
-    if is_finished(run_dir) and key_file.exists() and key_file.read_text() == recipe_fingerprint(recipe, cfg.threads):
+    key_file = run_dir / "repro_recipe.sha"
+    if is_reusable(arm_name, seed, cfg, out_dir):
         console(f"  {arm_name} seed {seed}: reusing {run_dir}")
         return run_dir
     if run_dir.exists():
@@ -173,6 +188,8 @@ def run_suite(out_dir: str | Path, cfg: SuiteConfig, only: list[str] | None = No
     threads_before = torch.get_num_threads()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    longest = 0.0  # the longest new run of this invocation (0 until one ran: at least one run starts per call)
+    remaining: list[str] = []
     try:
         for e in experiments:
             if e.kind == "custom":
@@ -180,11 +197,28 @@ def run_suite(out_dir: str | Path, cfg: SuiteConfig, only: list[str] | None = No
                 custom[e.name] = e.run(configs[e.name], out_dir / "custom" / e.name, console)
                 continue
             for arm in e.arms:
-                if arm not in runs:
-                    runs[arm] = [read_metrics(run_arm(arm, seed, configs[e.name], out_dir, console))
-                                 for seed in range(cfg.seeds)]
+                if arm in runs:
+                    continue
+                done = []
+                for seed in range(cfg.seeds):
+                    exp_cfg = configs[e.name]
+                    new = not is_reusable(arm, seed, exp_cfg, out_dir)
+                    if new and cfg.budget_s is not None and longest > 0 \
+                            and time.perf_counter() - t0 + longest > cfg.budget_s:
+                        remaining.append(f"{arm} seed {seed}")
+                        continue
+                    t_run = time.perf_counter()
+                    done.append(read_metrics(run_arm(arm, seed, exp_cfg, out_dir, console)))
+                    if new:  # a reused run takes no time: only new runs size the budget
+                        longest = max(longest, time.perf_counter() - t_run)
+                if len(done) == cfg.seeds:
+                    runs[arm] = done
     finally:
         torch.set_num_threads(threads_before)
     wall = time.perf_counter() - t0
+    if remaining:
+        console(f"  time budget reached: {len(remaining)} run(s) left ({', '.join(remaining)}); run the same "
+                "command again to continue")
+        return {"incomplete": True, "remaining": remaining, "wall_s": wall}
     return write_report(out_dir, experiments, runs, cfg, wall_s=wall, command=command,
                         load=(load_start, os.getloadavg()[0]), custom=custom, configs=configs)
