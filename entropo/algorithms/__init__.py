@@ -5,6 +5,7 @@ entropy-control method of the source papers has its own module named after it.
 """
 
 from entropo.algorithms import advantages, controllers, objectives, regularizers, selection, shaping  # noqa: F401
+from entropo.algorithms import eapo  # noqa: F401  (IterResearch/EAPO round reward)
 from entropo.algorithms import (  # noqa: F401
     aepo,
     ares,

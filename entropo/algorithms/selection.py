@@ -27,3 +27,24 @@ def dynamic_sampling(batch: Batch, metric: str = "reward", eps: float = 1e-8) ->
     group_max = rewards.new_full((num_groups,), -torch.inf).scatter_reduce(0, index, rewards, "amax")
     group_min = rewards.new_full((num_groups,), torch.inf).scatter_reduce(0, index, rewards, "amin")
     return (group_max - group_min)[index] > eps
+
+
+@register("selection", "downsample_to_multiple",
+          paper="IterResearch EAPO adaptive downsampling, arXiv 2511.07327")
+def downsample_to_multiple(batch: Batch, n: int, step_ctx=None, seed: int = 0) -> Tensor:
+    """Keep n * floor(B / n) rows, dropping a random remainder of fewer than n rows (EAPO's adaptive downsampling
+    to a multiple of the data-parallel size, IterResearch arXiv 2511.07327; any scheme whose row count varies,
+    e.g. one row per round). Example: 137 rows, n = 8 -> 136 kept. Fewer than n rows: all are dropped. The choice
+    is random but reproducible: seeded from ``seed``, the run seed and the step (never the sampling generator).
+    Applied per rollout try, i.e. to each try's rows (the whole step with ``rollout.max_tries = 1``)."""
+    if int(n) < 1:
+        raise ValueError(f"downsample_to_multiple: n must be >= 1, got {n}")
+    rows = batch.size
+    drop = rows % int(n)
+    keep = torch.ones(rows, dtype=torch.bool, device=batch.group_ids.device)
+    if drop:
+        run_seed = int(getattr(getattr(step_ctx, "recipe", None), "seed", 0) or 0)
+        step = int(getattr(step_ctx, "step", 0) or 0)
+        generator = torch.Generator().manual_seed((int(seed) * 1_000_003 + run_seed * 7_919 + step) % (2**62))
+        keep[torch.randperm(rows, generator=generator)[:drop].to(keep.device)] = False
+    return keep

@@ -3,6 +3,7 @@
 SQLite) and ``tools`` (typed Python functions)."""
 
 from entropo.envs.base import EnvFactory, Environment, SingleTurn, StepResult
+from entropo.envs.notebook import Notebook  # noqa: F401  (registers the notebook environment and task)
 from entropo.envs.python_tool import PythonTool
 from entropo.envs.sql_tool import SQLTool
 from entropo.envs.tools import ToolEnv, tool_schema
