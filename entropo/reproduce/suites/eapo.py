@@ -6,6 +6,12 @@ arXiv 2511.07327) on the ``notebook`` task (recipe ``eapo``): digits revealed on
 - ``eapo_gamma``: the round reward gamma^(T-t)·R with gamma = 0.9 against gamma = 1 (no efficiency pressure), both
   on the rebuilt workspace, warmed up on demonstrations that idle up to 2 rounds after the last digit. Mean rounds
   per held-out episode (an episode that never answers counts its turn limit).
+
+Measured (``--quick --seeds 1``, 8 steps, 2026-11): the tiny model's 300-step warm-up learns the action format and
+the memo's length but not its digits (0% held-out, greedy), so every reward is 0, every advantage 0, and all arms
+stay at 0% (rebuild and gamma = 1 give identical runs). A scripted oracle policy scores 100% with the rebuilt
+workspace and 17.2% with append-all under the same 64-token window (only the 3-digit problems fit): the ceiling the
+comparison is about, not a trained result.
 """
 
 from __future__ import annotations
