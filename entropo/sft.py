@@ -7,7 +7,9 @@ and RL takes it from there. Prompts are tokenized exactly as the rollout engine 
 In a multi-turn environment with a ``demonstration(example)`` method (e.g. ``python_tool``), the warm-up trains on
 that worked episode instead: its ids are built exactly as the episode rollout builds a trajectory (prompt, each
 assistant turn's ids plus the end-of-turn token the policy samples, then the template's reply ids), and only the
-assistant turns carry loss.
+assistant turns carry loss. An environment with ``demonstration_rows(example)`` gives several such rows per example,
+each ``(first observation, messages)``: e.g. one per round of an episode whose context is rebuilt every round
+(``notebook``, IterResearch arXiv 2511.07327), laid out as the rollout lays out those rounds.
 """
 
 from __future__ import annotations
@@ -39,6 +41,14 @@ def _sft_batch(engine, tokenizer, examples, device, environment=None):
     rows, masks = [], []
     for ex in examples:
         env = environment() if environment is not None else None
+        demo_rows = env.demonstration_rows(ex) if env is not None and hasattr(env, "demonstration_rows") else None
+        if demo_rows:
+            for first, messages in demo_rows:
+                ids, mask = demonstration_ids(engine.chat, first, messages, env.observation_role,
+                                              tokenizer.eos_token_id)
+                rows.append(ids)
+                masks.append(mask)
+            continue
         demo = env.demonstration(ex) if env is not None and hasattr(env, "demonstration") else None
         if demo is not None:
             first = env.reset(ex, 0)

@@ -5,7 +5,7 @@ entropy-control method of the source papers has its own module named after it.
 """
 
 from entropo.algorithms import advantages, controllers, objectives, regularizers, selection, shaping  # noqa: F401
-from entropo.algorithms import igpo  # noqa: F401  (registers advantage igpo)
+from entropo.algorithms import eapo, igpo  # noqa: F401  (EAPO round reward; advantage igpo)
 from entropo.algorithms import (  # noqa: F401
     aepo,
     agentic_aepo,

@@ -7,6 +7,7 @@ questions."""
 
 from entropo.envs import lookup, text_to_sql  # noqa: F401  (register multihop_lookup, text_to_sql)
 from entropo.envs.base import EnvFactory, Environment, SingleTurn, StepResult
+from entropo.envs.notebook import Notebook  # noqa: F401  (registers the notebook environment and task)
 from entropo.envs.object_store import ObjectStore  # noqa: F401  (registers environment + task object_store)
 from entropo.envs.python_tool import PythonTool
 from entropo.envs.search import SearchCorpus  # noqa: F401  (registers search_corpus)

@@ -37,6 +37,10 @@ class StepResult:
     correct: bool | None = None  # the episode's outcome when the environment can judge it (None: the task verifier)
     tool_call: bool = False  # this action called a tool (counted per episode; OTC, ASPO and the logs read it)
     info: dict[str, Any] = field(default_factory=dict)  # free-form, logged per episode
+    # The next round's whole context, replacing the history (a Markov workspace, e.g. IterResearch's question +
+    # report + last action/observation, arXiv 2511.07327): encoded by the chat template as a fresh prompt; the round
+    # just played becomes its own training row. None (default): ``observation`` is appended to the history.
+    context: Observation | None = None
 
 
 class Environment:

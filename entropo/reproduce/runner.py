@@ -84,9 +84,10 @@ def arm_recipe(arm_name: str, seed: int, cfg: SuiteConfig) -> Recipe:
 
 def warmup_key(recipe: Recipe) -> str:
     """Everything the warm-up's result depends on: model, warm-up settings, task (and its split), seed, prompt
-    encoding."""
+    encoding, environment (a multi-turn environment's demonstrations are what the warm-up trains on)."""
     parts = {"model": recipe.model.model_dump(mode="json"), "warmup": recipe.warmup.model_dump(mode="json"),
              "task": recipe.task.model_dump(mode="json"), "seed": recipe.seed, "engine": recipe.rollout.engine,
+             "environment": recipe.environment.model_dump(mode="json"),  # its demonstrations are the warm-up's data
              "chat_template": recipe.rollout.chat_template, "engine_params": recipe.rollout.engine_params}
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 

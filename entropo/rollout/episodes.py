@@ -7,6 +7,14 @@ running (batched across episodes; finished episodes leave the batch), hands each
 tokens: trained on, with their sampling log-probs and entropies) and the reply ids (observation tokens: never trained
 on). A single-turn task is the one-turn episode of ``SingleTurn`` and takes this same path.
 
+Rebuilt contexts (Markov workspaces, IterResearch arXiv 2511.07327): a step whose ``StepResult.context`` is set ends
+the episode's current *round*: the next action is sampled from the chat template's encoding of that context as a new
+prompt (never a decode/re-encode of sampled ids), not from the history. Each round keeps its own prompt ids, sampled
+ids and replies; ``assemble(..., rounds=True)`` (training rollouts) lays every round out as its own row of the same
+prompt slot, ``rounds=False`` (evaluation) one row per episode, its last round. An episode that never rebuilds is one
+round, so both give exactly the rows of the plain loop. The token limits (``max_new_tokens``, ``max_episode_tokens``,
+``max_observation_tokens``) apply per round: the context window is what they bound; ``max_turns`` counts all actions.
+
 Limits: ``max_turns`` actions per episode, ``max_new_tokens`` per action, ``max_episode_tokens`` for everything after
 the prompt (actions and replies), ``max_observation_tokens`` per reply. An episode that hits one is ended and its
 finish reason says which (``"length"`` for the last action's own limit, ``"max_turns"``, ``"budget"``). An
@@ -66,6 +74,7 @@ class _Episode:
     # limit (a cut reply is not the encoding of any message, so nothing after it can be compared).
     exact_upto: int = 0
     exact: bool = True
+    rounds: list["_Round"] = field(default_factory=list)  # earlier rounds, closed by a rebuilt context
 
     def add(self, ids: Sequence[int], policy: bool, turn: int, logprobs: Tensor | None = None,
             entropies: Tensor | None = None) -> None:
@@ -86,6 +95,39 @@ class _Episode:
                         entropies=list(self.entropies), turn_rewards=list(self.turn_rewards),
                         actions=list(self.actions), reason=self.reason, info=copy.deepcopy(self.info),
                         running=self.running, exact_upto=self.exact_upto, exact=self.exact)
+
+
+@dataclass
+class _Round:
+    """One round of an episode: a prompt and what followed it until the context was rebuilt (or the episode ended)."""
+
+    prompt_ids: list[int]
+    ids: list[int]
+    policy: list[bool]
+    turn_of: list[int]
+    logprobs: list[Tensor]
+    entropies: list[Tensor]
+    turn_rewards: list[tuple[int, float]]
+
+    @classmethod
+    def of(cls, ep: _Episode) -> "_Round":
+        return cls(ep.prompt_ids, ep.ids, ep.policy, ep.turn_of, ep.logprobs, ep.entropies, ep.turn_rewards)
+
+
+def _rounds(ep: _Episode) -> list[_Round]:
+    """Every round of ``ep`` in order (just one for an episode that never rebuilt its context)."""
+    return [*ep.rounds, _Round.of(ep)]
+
+
+def _rebuild(ep: _Episode, context: Any, chat: ChatFormat, limits: EpisodeLimits) -> None:
+    """Close the current round and start the next one from ``context`` (encoded as a fresh prompt)."""
+    if limits.check_template and ep.templated:  # each round is checked against the template on its own
+        ep.info.template_mismatch += chat.template_mismatch(ep.prompt_ids + ep.ids[:ep.exact_upto], ep.messages)
+    ep.rounds.append(_Round.of(ep))
+    ep.prompt_ids, ep.templated = chat.prompt_ids(context), chat.uses_template(context)
+    ep.messages = chat.as_messages(context) if ep.templated else []
+    ep.ids, ep.policy, ep.turn_of, ep.logprobs, ep.entropies, ep.turn_rewards = [], [], [], [], [], []
+    ep.exact_upto, ep.exact = 0, True
 
 
 def _safe_step(env: Environment, action: str) -> StepResult | BaseException:
@@ -172,6 +214,8 @@ def run_episodes(
                     _finish(ep, ep.reason)
                 elif turn + 1 >= ep.max_turns:
                     _finish(ep, "max_turns")
+                elif result.context is not None:
+                    _rebuild(ep, result.context, chat, limits)
                 elif ep.reason == "budget" or _remaining(ep, limits) == 0:
                     _finish(ep, "budget")
                 else:
@@ -182,7 +226,7 @@ def run_episodes(
 
     for ep in episodes:
         if limits.check_template and ep.templated:
-            ep.info.template_mismatch = chat.template_mismatch(ep.prompt_ids + ep.ids[:ep.exact_upto], ep.messages)
+            ep.info.template_mismatch += chat.template_mismatch(ep.prompt_ids + ep.ids[:ep.exact_upto], ep.messages)
             if ep.info.template_mismatch and limits.strict_template:
                 raise ValueError(
                     f"multi-turn trajectory differs from the chat template's encoding of the same conversation at "
@@ -239,12 +283,20 @@ def single_action_episode(prompt_ids: list[int], ids: list[int], logprobs: Tenso
     return ep
 
 
-def assemble(episodes: list[_Episode], row_prompt_index: list[int], pad_token_id: int, decode_batch
-             ) -> RolloutOutput:
-    """Lay episodes out as [left padding | prompt | turns | right padding] rows of one RolloutOutput."""
-    num_rows = len(episodes)
-    prompt_width = max(len(ep.prompt_ids) for ep in episodes)
-    width = prompt_width + max((len(ep.ids) for ep in episodes), default=0)
+def assemble(episodes: list[_Episode], row_prompt_index: list[int], pad_token_id: int, decode_batch,
+             rounds: bool = False) -> RolloutOutput:
+    """Lay episodes out as [left padding | prompt | turns | right padding] rows of one RolloutOutput.
+
+    ``rounds=True``: every round of an episode (see the module docstring: a rebuilt context starts a new round) is its
+    own row, with the episode's prompt slot (so all rounds of the n episodes of a prompt share one group), its
+    outcome fields (completion = the episode's final action, finish reason, ``EpisodeInfo``: the same object on every
+    round row) and ``turn_ids`` = the episode's turn index of each token (the round index). Rows then outnumber
+    episodes. ``rounds=False``: one row per episode, its last round. Episodes that never rebuilt give the same rows
+    either way."""
+    layout = [(e, rnd) for e, ep in enumerate(episodes) for rnd in (_rounds(ep) if rounds else _rounds(ep)[-1:])]
+    num_rows = len(layout)
+    prompt_width = max(len(rnd.prompt_ids) for _, rnd in layout)
+    width = prompt_width + max((len(rnd.ids) for _, rnd in layout), default=0)
     input_ids = torch.full((num_rows, width), pad_token_id, dtype=torch.long)
     attention_mask = torch.zeros((num_rows, width), dtype=torch.long)
     response_mask = torch.zeros((num_rows, width), dtype=torch.float32)
@@ -252,19 +304,20 @@ def assemble(episodes: list[_Episode], row_prompt_index: list[int], pad_token_id
     behaviour_entropy = torch.zeros((num_rows, width), dtype=torch.float32)
     turn_ids = torch.full((num_rows, width), -1, dtype=torch.long)
     token_rewards = torch.zeros((num_rows, width), dtype=torch.float32)
-    for r, ep in enumerate(episodes):
-        p = ep.prompt_ids
+    for r, (_, rnd) in enumerate(layout):
+        p = rnd.prompt_ids
         input_ids[r, prompt_width - len(p): prompt_width] = torch.tensor(p, dtype=torch.long)
-        attention_mask[r, prompt_width - len(p): prompt_width + len(ep.ids)] = 1
-        if ep.ids:
-            end = prompt_width + len(ep.ids)
-            input_ids[r, prompt_width:end] = torch.tensor(ep.ids, dtype=torch.long)
-            response_mask[r, prompt_width:end] = torch.tensor(ep.policy, dtype=torch.float32)
-            behaviour_logprobs[r, prompt_width:end] = torch.cat(ep.logprobs)
-            behaviour_entropy[r, prompt_width:end] = torch.cat(ep.entropies)
-            turn_ids[r, prompt_width:end] = torch.tensor(ep.turn_of, dtype=torch.long)
-            for index, reward in ep.turn_rewards:
+        attention_mask[r, prompt_width - len(p): prompt_width + len(rnd.ids)] = 1
+        if rnd.ids:
+            end = prompt_width + len(rnd.ids)
+            input_ids[r, prompt_width:end] = torch.tensor(rnd.ids, dtype=torch.long)
+            response_mask[r, prompt_width:end] = torch.tensor(rnd.policy, dtype=torch.float32)
+            behaviour_logprobs[r, prompt_width:end] = torch.cat(rnd.logprobs)
+            behaviour_entropy[r, prompt_width:end] = torch.cat(rnd.entropies)
+            turn_ids[r, prompt_width:end] = torch.tensor(rnd.turn_of, dtype=torch.long)
+            for index, reward in rnd.turn_rewards:
                 token_rewards[r, prompt_width + index] += reward
+    for ep in episodes:
         ep.info.num_turns = len(ep.actions)
         ep.info.final_action = ep.actions[-1] if ep.actions else ""
         ep.info.actions = list(ep.actions)
@@ -275,12 +328,12 @@ def assemble(episodes: list[_Episode], row_prompt_index: list[int], pad_token_id
         response_mask=response_mask,
         behaviour_logprobs=behaviour_logprobs,
         behaviour_entropy=behaviour_entropy,
-        prompt_index=torch.tensor(row_prompt_index, dtype=torch.long),
-        completions=[ep.info.final_action for ep in episodes],
-        num_tokens=[sum(ep.policy) for ep in episodes],
-        finish_reasons=[ep.reason for ep in episodes],
+        prompt_index=torch.tensor([row_prompt_index[e] for e, _ in layout], dtype=torch.long),
+        completions=[episodes[e].info.final_action for e, _ in layout],
+        num_tokens=[sum(rnd.policy) for _, rnd in layout],
+        finish_reasons=[episodes[e].reason for e, _ in layout],
         turn_ids=turn_ids,
         token_rewards=token_rewards if any_turn_rewards else None,
-        episodes=[ep.info for ep in episodes],
-        transcripts=decode_batch([ep.ids for ep in episodes]),
+        episodes=[episodes[e].info for e, _ in layout],
+        transcripts=decode_batch([rnd.ids for _, rnd in layout]),
     )

@@ -175,6 +175,7 @@ class HFEngine:
         environment: EnvFactory | None = None,
         env_seed: int = 0,
         limits: EpisodeLimits | None = None,
+        rounds: bool = False,
     ) -> RolloutOutput:
         """Play ``n`` episodes for each prompt (an ``Example`` or a bare prompt); rows are prompt-major (prompt 0's
         ``n`` episodes first). Without an ``environment`` every episode is one turn: a plain completion.
@@ -183,6 +184,8 @@ class HFEngine:
         that completes any string of ``stop`` or of the environment's ``stop`` (kept; later tokens are dropped), or
         after ``max_new_tokens``. Episode ``i`` of the call gets the environment seed ``env_seed + i``.
         Without a ``generator`` one is seeded from the global torch RNG (reproducible under ``torch.manual_seed``).
+        ``rounds=True`` returns one row per round of an environment that rebuilds its context (``StepResult.context``;
+        see ``entropo.rollout.episodes.assemble``) instead of one row per episode.
         """
         stop = check_sampling_args(n, temperature, top_p, max_new_tokens, stop)
         device = next(self.model.parameters()).device
@@ -206,7 +209,7 @@ class HFEngine:
                                 [env_seed + r for r in range(len(row_prompt_index))], self.chat, sample_turn, limits,
                                 stop=stop, workers=self.env_workers)
         return assemble(episodes, row_prompt_index, self.pad_token_id,
-                        lambda rows: self.tokenizer.batch_decode(rows, skip_special_tokens=True))
+                        lambda rows: self.tokenizer.batch_decode(rows, skip_special_tokens=True), rounds=rounds)
 
     def _check_prompt_lengths(self, examples: Sequence[Example], limits: EpisodeLimits) -> None:
         # The first observation may differ from the example's prompt (an environment's reset decides); the check
@@ -233,10 +236,12 @@ class HFEngine:
     def rollout(self, examples: Sequence[Any], n: int, **sampling: Any) -> RolloutOutput:
         """A training rollout: ``n`` episodes of each example (``sampling`` as for ``generate``).
 
-        The trainer calls this, evaluation calls ``generate``. Every row here is a complete episode; an engine that
-        splits responses across steps (``hf_window``) overrides it and returns unfinished rows as ``"partial"``.
+        The trainer calls this, evaluation calls ``generate``. Every row here is a complete episode, or one round of it
+        when its environment rebuilds the context (rows of all rounds share the example's slot, hence its group); an
+        engine that splits responses across steps (``hf_window``) overrides it and returns unfinished rows as
+        ``"partial"``.
         """
-        out = self.generate(list(examples), n, **sampling)
+        out = self.generate(list(examples), n, rounds=True, **sampling)
         out.payloads = list(examples)
         return out
 
