@@ -310,7 +310,7 @@ def test_eapo_recipe_trains_a_few_steps(tmp_path):
 
     overrides = ["warmup.steps=3", "warmup.batch_size=2", "train.steps=2", "rollout.prompts_per_step=2",
                  "rollout.n=2", "task.eval_size=2", "task.params.max_count=4", "environment.params.max_turns=5",
-                 "selection.0.params.n=4", "eval.every=0", "checkpoint.every=0", "logging.progress=false",
+                 "selection.0.params.multiple=4", "eval.every=0", "checkpoint.every=0", "logging.progress=false",
                  "logging.plots=false", "logging.tensorboard=false", "train.micro_batch_size=16"]
     recipe = load_recipe("entropo/recipes/eapo.yaml", overrides)
     assert recipe.objective.name == "gspo" and recipe.shaping[0].name == "geometric_round_discount"
