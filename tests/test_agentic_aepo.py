@@ -180,7 +180,7 @@ def scripted_engine(model, tokenizer, root_entropy, tool_entropy, **params):
             return out
         return sample_turn
 
-    engine._turn_sampler = sampler
+    engine.turn_sampler = sampler
     engine.prompt_lengths = prompt_lengths
     return engine
 

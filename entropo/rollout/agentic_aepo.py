@@ -241,16 +241,6 @@ class AgenticAEPOEngine(HFEngine):
         out, self._pending = self._pending, {}
         return out
 
-    def _turn_sampler(self, temperature: float, top_p: float, generator: torch.Generator, device):
-        def sample_turn(contexts: list[list[int]], budget: int, stops: list[str]):
-            out = []
-            for start in range(0, len(contexts), self.max_batch_size):
-                ids, lps, ents, why = self._generate_micro_batch(contexts[start:start + self.max_batch_size],
-                                                                 temperature, top_p, budget, stops, generator, device)
-                out += list(zip(ids, lps, ents, why))
-            return out
-        return sample_turn
-
     @torch.no_grad()
     def rollout(self, examples: Sequence[Any], n: int, *, temperature: float = 1.0, top_p: float = 1.0,
                 max_new_tokens: int = 64, stop: Sequence[str] = (), generator: torch.Generator | None = None,
@@ -264,7 +254,7 @@ class AgenticAEPOEngine(HFEngine):
         environment = environment if environment is not None else single_turn_factory()
         limits = replace(limits or EpisodeLimits(), max_new_tokens=max_new_tokens)
         self._check_prompt_lengths(examples, limits)
-        sample_turn = self._turn_sampler(temperature, top_p, generator, device)
+        sample_turn = self.turn_sampler(temperature, top_p, generator, device)
         seeds = iter(range(env_seed, env_seed + 1_000_000_000))
 
         def play(questions: list[int], on_round=None) -> list[_Episode]:

@@ -63,17 +63,7 @@ def vote(leaves: Sequence[tuple[str, bool, str]]) -> tuple[int, dict[str, int]]:
 
 def engine_turn_sampler(engine, temperature: float, top_p: float, generator: torch.Generator):
     """A ``run_episodes`` turn sampler drawing from an ``HFEngine`` (its micro-batched decoder)."""
-    device = next(engine.model.parameters()).device
-
-    def sample_turn(contexts: list[list[int]], budget: int, stops: list[str]):
-        out = []
-        for start in range(0, len(contexts), engine.max_batch_size):
-            ids, lps, ents, why = engine._generate_micro_batch(contexts[start:start + engine.max_batch_size],
-                                                               temperature, top_p, budget, stops, generator, device)
-            out += list(zip(ids, lps, ents, why))
-        return out
-
-    return sample_turn
+    return engine.turn_sampler(temperature, top_p, generator)
 
 
 def replaying(sample_turn, row_turns: list[list[list[int]]]):

@@ -197,14 +197,7 @@ class HFEngine:
 
         row_prompt_index = [i for i in range(len(examples)) for _ in range(n)]
 
-        def sample_turn(contexts: list[list[int]], budget: int, stops: list[str]):
-            out = []
-            for start in range(0, len(contexts), self.max_batch_size):
-                ids, lps, ents, why = self._generate_micro_batch(contexts[start:start + self.max_batch_size],
-                                                                 temperature, top_p, budget, stops, generator, device)
-                out += list(zip(ids, lps, ents, why))
-            return out
-
+        sample_turn = self.turn_sampler(temperature, top_p, generator, device)
         episodes = run_episodes([environment() for _ in row_prompt_index], [examples[i] for i in row_prompt_index],
                                 [env_seed + r for r in range(len(row_prompt_index))], self.chat, sample_turn, limits,
                                 stop=stop, workers=self.env_workers)
@@ -256,6 +249,20 @@ class HFEngine:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         del state
+
+    def turn_sampler(self, temperature: float, top_p: float, generator: torch.Generator, device=None):
+        """The episode loop's ``sample_turn`` (``run_episodes``): one action per context, sampled in micro-batches of
+        ``max_batch_size`` on the model's device (or ``device``)."""
+        device = device if device is not None else next(self.model.parameters()).device
+
+        def sample_turn(contexts: list[list[int]], budget: int, stops: list[str]):
+            out = []
+            for start in range(0, len(contexts), self.max_batch_size):
+                ids, lps, ents, why = self._generate_micro_batch(contexts[start:start + self.max_batch_size],
+                                                                 temperature, top_p, budget, stops, generator, device)
+                out += list(zip(ids, lps, ents, why))
+            return out
+        return sample_turn
 
     def _generate_micro_batch(self, row_prompts: list[list[int]], temperature: float, top_p: float,
                               max_new_tokens: int, stop: list[str], generator: torch.Generator, device):
