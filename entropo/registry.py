@@ -178,6 +178,15 @@ def _resolve_import_path(kind: str, path: str) -> Any:
     return obj
 
 
+def import_callable(what: str, path: str) -> Any:
+    """The function or class an import path ``package.module:attribute`` names, for ``what`` (e.g. "tool", "reseek_judge
+    scorer"); one ``ValueError`` saying why otherwise (a missing module or attribute, not callable)."""
+    try:
+        return _resolve_import_path(what, str(path))
+    except (ComponentImportError, PluginImportError) as e:
+        raise ValueError(str(e)) from None
+
+
 def get(kind: str, name: str) -> Any:
     """Return the component registered as ``(kind, name)``, or the object an import path ``module:attr`` names
     (then registered under that path). The error lists what is available, or says why the import path failed."""

@@ -17,7 +17,6 @@ writes runs in ``python_tool``'s sandbox instead.
 from __future__ import annotations
 
 import collections.abc
-import importlib
 import inspect
 import json
 import re
@@ -127,16 +126,9 @@ def resolve_tool(ref: Any) -> Callable[..., Any]:
     """A function, or an import path ``"pkg.module:function"``."""
     if callable(ref):
         return ref
-    module, _, attr = str(ref).partition(":")
-    if not attr:
-        raise ValueError(f"tool {ref!r}: give an import path 'pkg.module:function'")
-    try:
-        obj = getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError) as e:
-        raise ValueError(f"tool {ref!r} cannot be imported: {e}") from e
-    if not callable(obj):
-        raise ValueError(f"tool {ref!r} is not callable")
-    return obj
+    from entropo.registry import import_callable
+
+    return import_callable("tool", ref)
 
 
 def call_with_limit(fn: Callable[..., Any], kwargs: dict[str, Any], timeout_s: float) -> tuple[bool, Any]:

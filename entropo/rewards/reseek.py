@@ -65,7 +65,6 @@ and a step's judge accuracy is their ratio (mean agree / mean count).
 from __future__ import annotations
 
 import functools
-import importlib
 import re
 from typing import Any, Callable
 
@@ -108,16 +107,9 @@ def episode_record(sample: Sample) -> tuple[list[dict[str, Any]], str | None, st
 
 @functools.lru_cache(maxsize=8)
 def load_scorer(path: str) -> Callable[[str, str], float]:
-    module, _, attr = str(path).partition(":")
-    if not module or not attr:
-        raise ValueError(f"reseek_judge: scorer {path!r} must be an import path 'pkg.module:function'")
-    try:
-        fn = getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError) as e:
-        raise ValueError(f"reseek_judge: scorer {path!r} cannot be imported ({type(e).__name__}: {e})") from None
-    if not callable(fn):
-        raise ValueError(f"reseek_judge: scorer {path!r} is not callable")
-    return fn
+    from entropo.registry import import_callable
+
+    return import_callable("reseek_judge scorer", path)
 
 
 def regex_pair_reward(verdict: str, useful: bool, answer_correct: bool, boost: float = 0.1,
