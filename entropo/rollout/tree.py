@@ -139,9 +139,11 @@ class HFTreeEngine(HFEngine):
         environment: EnvFactory | None = None,
         env_seed: int = 0,
         limits: Any = None,
+        rounds: bool = False,
     ) -> RolloutOutput:
-        """Sample ``n`` leaves per prompt from entropy-fork trees (see the module docstring). Single-turn only."""
-        del env_seed, limits
+        """Sample ``n`` leaves per prompt from entropy-fork trees (see the module docstring). Single-turn only (one
+        round per episode, so ``rounds`` changes nothing)."""
+        del env_seed, limits, rounds
         require_single_turn(self, environment)
         prompts = [p.prompt if isinstance(p, Example) else p for p in prompts]
         stop = check_sampling_args(n, temperature, top_p, max_new_tokens, stop)
