@@ -728,7 +728,9 @@ def outcome_metrics(generated: list[Batch], kept: list[Batch], tries: int, total
 
 
 def episode_metrics(episodes: list[EpisodeInfo]) -> dict[str, float]:
-    """Turns, tool calls and token-exactness of the step's episodes (all rows, before selection)."""
+    """Turns, tool calls and token-exactness of the step's episodes (all rows, before selection). An episode whose
+    context was rebuilt has one row per round, all with the same ``EpisodeInfo``: it counts once."""
+    episodes = list({id(e): e for e in episodes}.values())
     if not episodes:
         return {}
     return {

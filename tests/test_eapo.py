@@ -321,3 +321,13 @@ def test_eapo_recipe_trains_a_few_steps(tmp_path):
         assert 1.0 <= m["shaping/rounds_mean"] <= 5.0
         assert 0.0 < m["shaping/discount_mean"] <= 1.0
         assert m["actor/optimizer_steps"] == 2
+
+
+def test_episode_metrics_count_an_episode_once_across_its_round_rows():
+    from entropo.trainer import episode_metrics
+    from entropo.types import EpisodeInfo
+
+    long, short = EpisodeInfo(num_turns=3, tool_calls=3), EpisodeInfo(num_turns=1, tool_calls=0)
+    rows = [long, long, long, short]  # the 3-round episode has 3 rows that share its info
+    m = episode_metrics(rows)
+    assert m["episode/turns_mean"] == 2.0 and m["episode/tool_calls_mean"] == 1.5  # not (3*3+1)/4 = 2.5
