@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
@@ -150,17 +151,25 @@ def run_episodes(
     stop: Sequence[str] = (),
     workers: int = 8,
     on_round: Callable[[list[_Episode], int], list[_Episode]] | None = None,
+    timing: dict[str, float] | None = None,
 ) -> list[_Episode]:
     """Play one episode per (env, example, seed) row; returns the finished episodes in row order.
 
     ``on_round(episodes, turn)``, when given, is called after every round (all actions of ``turn`` sampled, their
     steps taken, the replies of the episodes going on appended) and may return new running episodes to add, made
     with ``_Episode.fork`` of an episode still running (branching rollouts: they continue from its exact token
-    prefix at the next turn). Added episodes are returned after the rows, in the order they were added."""
+    prefix at the next turn). Added episodes are returned after the rows, in the order they were added.
+
+    ``timing``, when given, accumulates wall seconds: ``sample_s`` (the policy sampling turns), ``env_s`` (the loop
+    waiting on environment steps, all episodes' steps of a turn running concurrently) and ``reset_s``."""
+    timing = timing if timing is not None else {}
+    for key in ("sample_s", "env_s", "reset_s"):
+        timing.setdefault(key, 0.0)
     def decode(ids: list[int]) -> str:  # the action's text, for the environment only; never re-encoded
         return chat.tokenizer.decode(ids, skip_special_tokens=True)
 
     episodes: list[_Episode] = []
+    t0 = time.perf_counter()
     for env, example, seed in zip(envs, examples, seeds):
         max_turns = limits.max_turns if limits.max_turns is not None else int(getattr(env, "max_turns", 1))
         try:
@@ -175,6 +184,7 @@ def run_episodes(
             ep.info.env_error = error
             _finish(ep, "env_error")
 
+    timing["reset_s"] += time.perf_counter() - t0
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         turn = 0
         while True:
@@ -183,14 +193,18 @@ def run_episodes(
                 break
             budgets = [_action_budget(ep, limits) for ep in running]
             stops = list(dict.fromkeys([*stop, *(s for ep in running for s in getattr(ep.env, "stop", ()))]))
+            t0 = time.perf_counter()
             sampled = sample_turn([ep.prompt_ids + ep.ids for ep in running], max(budgets), stops)
+            timing["sample_s"] += time.perf_counter() - t0
             for ep, budget, (ids, lps, ents, why) in zip(running, budgets, sampled):
                 if len(ids) > budget:  # the episode budget is tighter than this round's per-action limit
                     ids, lps, ents, why = ids[:budget], lps[:budget], ents[:budget], "budget"
                 ep.add(ids, True, turn, lps.float(), ents.float())
                 ep.actions.append(decode(ids))
                 ep.reason = why
+            t0 = time.perf_counter()
             results = list(pool.map(lambda ep: _safe_step(ep.env, ep.actions[-1]), running))
+            timing["env_s"] += time.perf_counter() - t0
             for ep, result in zip(running, results):
                 last_token = len(ep.ids) - 1
                 if isinstance(result, BaseException):

@@ -198,9 +198,10 @@ class HFEngine:
         row_prompt_index = [i for i in range(len(examples)) for _ in range(n)]
 
         sample_turn = self.turn_sampler(temperature, top_p, generator, device)
+        self.last_timing: dict[str, float] = {}  # wall seconds of this call: sampling, environment steps, resets
         episodes = run_episodes([environment() for _ in row_prompt_index], [examples[i] for i in row_prompt_index],
                                 [env_seed + r for r in range(len(row_prompt_index))], self.chat, sample_turn, limits,
-                                stop=stop, workers=self.env_workers)
+                                stop=stop, workers=self.env_workers, timing=self.last_timing)
         return assemble(episodes, row_prompt_index, self.pad_token_id,
                         lambda rows: self.tokenizer.batch_decode(rows, skip_special_tokens=True), rounds=rounds)
 
