@@ -291,19 +291,46 @@ def test_entropy_aware_advantage_by_hand():
     assert torch.equal(flat, adv)
 
 
-def test_objective_uses_the_current_entropy_from_extras():
+def test_objective_micro_scope_uses_the_current_entropy_from_extras():
     h = torch.tensor([[0.1, 0.5, 2.0, 0.2]])
     logp = torch.zeros(1, 4, requires_grad=True)
     loss, metrics = agentic_aepo_objective(logp, torch.zeros(1, 4), torch.ones(1, 4), torch.ones(1, 4),
-                                           extras={ENTROPY_KEY: h})
+                                           extras={ENTROPY_KEY: h}, scope="micro")
     assert loss[0].tolist() == pytest.approx([-0.86413, -0.95471, -1.29439, -0.88677], abs=1e-5)  # rho = 1: -A'
     loss.sum().backward()
     assert logp.grad[0].tolist() == pytest.approx([-0.86413, -0.95471, -1.29439, -0.88677], abs=1e-5)
     with pytest.raises(ValueError, match="token_fns"):
+        agentic_aepo_objective(logp, torch.zeros(1, 4), torch.ones(1, 4), torch.ones(1, 4), extras={},
+                               scope="micro")
+    with pytest.raises(ValueError, match="prepare"):
         agentic_aepo_objective(logp, torch.zeros(1, 4), torch.ones(1, 4), torch.ones(1, 4), extras={})
+    with pytest.raises(ValueError, match="scope"):
+        agentic_aepo_objective(logp, torch.zeros(1, 4), torch.ones(1, 4), torch.ones(1, 4), scope="row")
     with pytest.raises(ValueError, match="clip_c"):
         agentic_aepo_objective(logp, torch.zeros(1, 4), torch.ones(1, 4), torch.ones(1, 4), clip_c=1.0,
                                balanced_advantage=False)
+
+
+def test_batch_scope_uses_whole_batch_old_entropy_and_ignores_the_split():
+    from types import SimpleNamespace
+
+    from entropo.algorithms.agentic_aepo import BALANCED_KEY, agentic_aepo_prepare
+
+    # two rows of two response tokens; old entropies as in the hand example: A' = [0.86413, 0.95471 | 1.29439, 0.88677]
+    batch = SimpleNamespace(advantages=torch.ones(2, 2), old_entropy=torch.tensor([[0.1, 0.5], [2.0, 0.2]]),
+                            response_mask=torch.ones(2, 2))
+    balanced = agentic_aepo_prepare(batch)[BALANCED_KEY]
+    assert balanced.flatten().tolist() == pytest.approx([0.86413, 0.95471, 1.29439, 0.88677], abs=1e-5)
+    assert agentic_aepo_prepare(batch, scope="micro") == {}
+    assert agentic_aepo_prepare(batch, balanced_advantage=False) == {}
+    full, _ = agentic_aepo_objective(torch.zeros(2, 2), torch.zeros(2, 2), torch.ones(2, 2), torch.ones(2, 2),
+                                     extras={BALANCED_KEY: balanced})
+    rows = [agentic_aepo_objective(torch.zeros(1, 2), torch.zeros(1, 2), torch.ones(1, 2), torch.ones(1, 2),
+                                   extras={BALANCED_KEY: balanced[i:i + 1]})[0] for i in range(2)]
+    assert torch.equal(full, torch.cat(rows))  # one row per micro-batch: the same per-token losses
+    # per micro-batch (the released rule) each row would be standardised on its own 2 tokens instead
+    micro = entropy_balanced_advantages(torch.ones(1, 2), batch.old_entropy[:1], torch.ones(1, 2))
+    assert not torch.allclose(micro, balanced[:1])
 
 
 def test_engine_rejects_bad_params(tiny_world):

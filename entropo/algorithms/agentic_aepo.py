@@ -13,8 +13,10 @@ budget split, entropy-guided branching after tool calls with the consecutive-bra
     lower bound and the dual clip (A < 0: loss capped at ``clip_c · |A|``) are PPO's.
     Example: A = 1, rho = 1.5, eps_hi = 0.2: loss −1.2 (as PPO), d loss / d logprob = −1.2 (PPO: 0).
   * ``balanced_advantage`` (entropy-aware advantage): ``A' = A · (1 + coef · H_hat)``, ``H_hat = (H − mean) / std``
-    over the micro-batch's response tokens, H the current policy's token entropy (detached), std unbiased (std 0 ->
-    1), coef = 0.2. Uncertain tokens get larger advantages (of either sign).
+    over response tokens, std unbiased (std 0 -> 1), coef = 0.2. Uncertain tokens get larger advantages (of either
+    sign). ``scope="batch"`` (default): once per step in ``prepare``, over the whole batch with the pre-update
+    policy's entropy (independent of the micro-batch split); ``scope="micro"``: the released code's rule, per
+    micro-batch with the current policy's (detached) entropy.
     Example: A = 1, H = [0.1, 0.5, 2.0, 0.2] -> A' = [0.86413, 0.95471, 1.29439, 0.88677].
 - producer ``agentic_aepo_stats``: adds no rows; logs the engine's budget statistics of the step
   (``producer/agentic_aepo_stats/<key>``: trajectories, branches, trained / copied / sampled / pre-monitor tokens,
@@ -27,8 +29,8 @@ above the bound, not only high-entropy ones, though the paper motivates it by hi
 factor ``1 + 0.2 · (H − mean) / std`` uses ``torch.std`` (unbiased) over the micro-batch's valid tokens with std 0
 -> 1, dual clip ``clip_ratio_c = 3``, token-mean aggregation. Note: in that snapshot ``dp_actor`` computes the
 entropy only when ``entropy_coeff != 0`` (0 in the shipped config), so the advantage term silently does nothing in
-the shipped script; here it runs when enabled. The statistics are per micro-batch there and here (so they depend on
-``train.micro_batch_size``).
+the shipped script; here it runs when enabled. The statistics are per micro-batch there (so they depend on
+``train.micro_batch_size``): ``scope="micro"`` reproduces that, the default computes them over the whole batch.
 """
 
 from __future__ import annotations
@@ -47,6 +49,8 @@ from entropo.rollout import agentic_aepo as _rollout  # noqa: F401  (registers (
 
 PAPER = "Agentic Entropy-Balanced Policy Optimization (AEPO), arXiv 2510.14545"
 ENTROPY_KEY = "agentic_aepo_entropy"  # the current policy's token entropy, from this objective's token_fns
+BALANCED_KEY = "agentic_aepo_advantages"  # [B, L] whole-batch entropy-aware advantages, from prepare (scope=batch)
+SCOPES = ("batch", "micro")
 
 
 def token_entropy(logits: Tensor, _target_ids: Tensor) -> Tensor:
@@ -57,8 +61,29 @@ def token_entropy(logits: Tensor, _target_ids: Tensor) -> Tensor:
         return -(logp.exp() * logp).sum(-1)
 
 
-def agentic_aepo_token_fns(**_params: Any) -> dict:
-    return {ENTROPY_KEY: token_entropy}
+def _check_scope(scope: str) -> None:
+    if scope not in SCOPES:
+        raise ValueError(f"agentic_aepo: unknown scope {scope!r}; allowed: 'batch' (whole batch, pre-update policy) "
+                         f"or 'micro' (per micro-batch, current policy: the released code)")
+
+
+def agentic_aepo_token_fns(scope: str = "batch", balanced_advantage: bool = True, **_params: Any) -> dict:
+    """The current policy's token entropy, needed only by the micro-batch scope of the entropy-aware advantage."""
+    return {ENTROPY_KEY: token_entropy} if scope == "micro" and balanced_advantage else {}
+
+
+def agentic_aepo_prepare(batch: Batch, generator: torch.Generator | None = None, *, scope: str = "batch",
+                         balanced_advantage: bool = True, advantage_coef: float = 0.2, **_params: Any
+                         ) -> dict[str, Tensor]:
+    """Whole-batch entropy-aware advantages (``scope="batch"``) from the pre-update policy's entropy over every
+    response token of the optimized batch; nothing for ``scope="micro"`` or without the advantage term."""
+    _check_scope(scope)
+    if scope != "batch" or not balanced_advantage:
+        return {}
+    if batch.old_entropy is None:
+        raise ValueError("agentic_aepo: batch.old_entropy is missing (the pre-update scoring pass records it)")
+    return {BALANCED_KEY: entropy_balanced_advantages(batch.advantages, batch.old_entropy, batch.response_mask,
+                                                      advantage_coef)}
 
 
 def entropy_balanced_advantages(advantages: Tensor, entropy: Tensor, mask: Tensor, coef: float = 0.2) -> Tensor:
@@ -87,7 +112,7 @@ def stop_gradient_clipped_surrogate(ratio: Tensor, advantages: Tensor, clip_low:
     return torch.maximum(-advantages * ratio, -advantages * clipped)
 
 
-@register("objective", "agentic_aepo", paper=PAPER, token_fns=agentic_aepo_token_fns,
+@register("objective", "agentic_aepo", paper=PAPER, token_fns=agentic_aepo_token_fns, prepare=agentic_aepo_prepare,
           recommended_aggregation="token-mean")
 def agentic_aepo_objective(
     logprobs: Tensor,
@@ -100,6 +125,7 @@ def agentic_aepo_objective(
     balanced_clipping: bool = True,
     balanced_advantage: bool = True,
     advantage_coef: float = 0.2,
+    scope: str = "batch",
     extras: dict | None = None,
     micro_batch: Batch | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
@@ -107,15 +133,22 @@ def agentic_aepo_objective(
     then the stop-gradient (or, with ``balanced_clipping=False``, the plain) clipped surrogate with dual clip
     ``clip_c`` for A < 0. Metrics: ``ratio_metrics``'s, ``clip_frac_dual``, ``sg_clip_frac`` (tokens whose gradient
     the stop-gradient bound keeps: A > 0, rho > 1 + clip_high), ``adv_scale_mean`` (mean |A'| / |A| on A != 0)."""
+    _check_scope(scope)
     if clip_c <= 1.0:
         raise ValueError(f"agentic_aepo: clip_c must be > 1 (got {clip_c}); the dual-clip cap lies above the clip")
     response = micro_batch.response_mask if micro_batch is not None else mask
     metrics: dict[str, Tensor] = {}
     if balanced_advantage:
-        if not extras or ENTROPY_KEY not in extras:
-            raise ValueError(f"agentic_aepo: extras has no {ENTROPY_KEY!r}; the training pass must run the "
-                             "objective's token_fns (the trainer does; outside it pass extras={...})")
-        balanced = entropy_balanced_advantages(advantages, extras[ENTROPY_KEY], response, advantage_coef)
+        if scope == "batch":
+            if not extras or BALANCED_KEY not in extras:
+                raise ValueError(f"agentic_aepo: extras has no {BALANCED_KEY!r}; its prepare hook must run on the "
+                                 "whole batch (the trainer does; outside it pass extras={...}, or use scope='micro')")
+            balanced = extras[BALANCED_KEY].to(advantages.dtype)
+        else:
+            if not extras or ENTROPY_KEY not in extras:
+                raise ValueError(f"agentic_aepo: extras has no {ENTROPY_KEY!r}; the training pass must run the "
+                                 "objective's token_fns (the trainer does; outside it pass extras={...})")
+            balanced = entropy_balanced_advantages(advantages, extras[ENTROPY_KEY], response, advantage_coef)
         nonzero = (response > 0) & (advantages != 0)
         metrics["adv_scale_mean"] = (ops.masked_mean((balanced / advantages.where(nonzero, 1.0)).abs(),
                                                      nonzero.float()) if nonzero.any() else torch.tensor(1.0))
