@@ -10,7 +10,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0          # CPU wheel first, so nothing pulls a CUDA build
-	$(BIN)/pip install -q -c constraints.txt -e '.[test,agents,lora,ray]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[test,agents,lora,ray,games,classic]'
 	touch $(STAMP)
 
 setup: $(STAMP)
