@@ -77,7 +77,9 @@ def register(kind: str, name: str, **meta: Any) -> Callable[[Any], Any]:
 def _load_builtins() -> None:
     # Importing the component modules registers them; done lazily so `import entropo.registry` stays light.
     import entropo.algorithms  # noqa: F401
+    import entropo.classic  # noqa: F401
     import entropo.envs  # noqa: F401
+    import entropo.games  # noqa: F401
     import entropo.rewards  # noqa: F401
     import entropo.rollout  # noqa: F401
     import entropo.samplers  # noqa: F401
