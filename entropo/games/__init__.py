@@ -2,3 +2,4 @@
 and exploitability, decision-time search, and language agents that play them (``entropo reproduce --suite games``).
 pyspiel is imported inside functions through :func:`entropo.extras.require`; importing this package registers the
 components."""
+from entropo.games import herd, portal  # noqa: F401,E402  (game_agents: registers portal_duel, herd_planner)
