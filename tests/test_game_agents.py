@@ -227,3 +227,11 @@ def test_herd_recipe_and_bad_params():
         herd.HerdModel(q_max=1.0)
     with pytest.raises(ValueError, match="planner"):
         herd.HerdModel(planner="evil")
+
+
+def test_policy_modes_by_hand():
+    m = herd.HerdModel(q_min=0.5, q_max=0.9, q_default=0.7)
+    modes = herd.policy_modes(np.array([0.0, 0.2, 0.4, 0.6, 0.8, 1.0]), np.array([0.7, 0.9, 0.9, 0.6, 0.8, 0.5]), m)
+    assert [(d["mode"], d["from"], d["to"]) for d in modes] == [
+        ("default", 0.0, 0.0), ("max", 0.2, 0.4), ("increasing", 0.6, 0.6), ("decreasing", 0.8, 0.8),
+        ("min", 1.0, 1.0)]

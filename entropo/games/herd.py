@@ -190,27 +190,30 @@ def learning_region_gap(model: HerdModel, grid: np.ndarray, V: np.ndarray) -> fl
 
 
 def policy_modes(grid: np.ndarray, policy: np.ndarray, model: HerdModel) -> list[dict[str, Any]]:
-    """Maximal belief intervals where the optimal precision is constant at q_max ("max"), at q_min ("min"), at the
-    default ("default"), or otherwise rising / falling with the belief."""
-    modes: list[dict[str, Any]] = []
-
-    def label(i: int) -> str:
-        q = policy[i]
-        if np.isclose(q, model.q_max):
-            return "max"
-        if np.isclose(q, model.q_min):
-            return "min"
-        if np.isclose(q, model.q_default):
-            return "default"
-        left, right = policy[max(i - 1, 0)], policy[min(i + 1, len(policy) - 1)]
-        return "increasing" if right >= left else "decreasing"
-
-    for i in range(len(grid)):
-        lab = label(i)
-        if modes and modes[-1]["mode"] == lab:
-            modes[-1]["to"] = float(grid[i])
+    """Maximal belief intervals of the optimal precision's modes: "max" (q_max), "min" (q_min), "default"
+    (q_default), or "increasing" / "decreasing" (plateaus of other precisions, labelled by the direction to the next
+    plateau, the previous one for the last), merged when consecutive plateaus share a label."""
+    plateaus: list[list[Any]] = []  # [q, from, to]
+    for g, q in zip(grid, policy):
+        if plateaus and np.isclose(plateaus[-1][0], q):
+            plateaus[-1][2] = float(g)
         else:
-            modes.append({"mode": lab, "from": float(grid[i]), "to": float(grid[i])})
+            plateaus.append([float(q), float(g), float(g)])
+    modes: list[dict[str, Any]] = []
+    for k, (q, lo, hi) in enumerate(plateaus):
+        if np.isclose(q, model.q_max):
+            lab = "max"
+        elif np.isclose(q, model.q_min):
+            lab = "min"
+        elif np.isclose(q, model.q_default):
+            lab = "default"
+        else:
+            other = plateaus[k + 1][0] if k + 1 < len(plateaus) else plateaus[k - 1][0] if k else q
+            lab = "increasing" if (other > q) == (k + 1 < len(plateaus)) else "decreasing"
+        if modes and modes[-1]["mode"] == lab:
+            modes[-1]["to"] = hi
+        else:
+            modes.append({"mode": lab, "from": lo, "to": hi})
     return modes
 
 
@@ -262,6 +265,13 @@ def herd_planner(out_dir, seed: int, console, grid_points: int = 201, q_min: flo
                 f"(MC {opt['welfare']:.4f} +- {opt['welfare_se']:.4f}); best fixed q {best_fixed} objective "
                 f"{fixed[best_fixed]['objective']:.4f} vs optimal {res[planner]['objective']:.4f}; obfuscates on "
                 f"{res[planner]['obfuscation_frac']:.0%} of beliefs")
+    for planner in ("altruistic", "biased"):  # flat scalars for the `entropo run` summary table
+        res[f"{planner}/agent_welfare"] = res[planner]["welfare"]
+        res[f"{planner}/objective"] = res[planner]["objective"]
+        res[f"{planner}/best_fixed_objective"] = res[planner]["fixed"][res[planner]["best_fixed_q"]]["objective"]
+        res[f"{planner}/obfuscation_frac"] = res[planner]["obfuscation_frac"]
+    res["default_q/agent_welfare"] = res["altruistic"]["default_q"]["welfare"]
+    res["altruistic/convexity_gap_learning"] = res["altruistic"]["convexity_gap_learning"]
     (out_dir / "herd.json").write_text(json.dumps(curves))
     res["wall_s"] = time.perf_counter() - t0
     return res
