@@ -141,6 +141,11 @@ def test_task_splits_determinism_and_win_rate_verifier():
                e0.meta["duel_seeds"][0]).outcome == "win"
     assert task.correct("sel(seq(inr,atk),adv)", e0) == won and task.correct("sel(", e0) is False
     assert "Grammar" in portal.portal_duel_task(seed=0, eval_size=2, describe=True).eval_examples()[0].prompt
+    chat = portal.portal_duel_task(seed=0, eval_size=2, chat=True).eval_examples()[0].prompt
+    assert chat == [{"role": "user", "content": "BT vs rusher:"}]
+    assert portal.extract_program("```\nsel(seq(inr,atk),adv)\n```\nThis tree attacks.") == "sel(seq(inr,atk),adv)"
+    with pytest.raises(ValueError, match="placeholder"):
+        portal.portal_duel_task(seed=0, eval_size=2, template="vs {enemy}")
     with pytest.raises(TypeError, match="allowed parameters"):
         portal.portal_duel_task(seed=0, eval_size=2, oponents=["rusher"])
     with pytest.raises(ValueError, match="unknown opponent"):

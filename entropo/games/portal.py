@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from entropo.registry import register
-from entropo.tasks.base import stable_seed
+from entropo.tasks.base import make_prompt, stable_seed
 from entropo.types import Example, Sample
 
 log = logging.getLogger("entropo.games.portal")
@@ -349,8 +349,9 @@ def extract_program(completion: str) -> str:
     """The program is the completion's first non-empty line (the tiny model writes one line; a chat model may add
     text after it)."""
     for line in completion.strip().splitlines():
-        if line.strip():
-            return line.strip().strip("`")
+        line = line.strip().strip("`").strip()
+        if line:
+            return line
     return ""
 
 
@@ -359,13 +360,13 @@ class PortalDuelTask:
     one held-out duel seed (so eval accuracy is the win rate). Train seeds are even, eval seeds odd: disjoint."""
 
     def __init__(self, seed: int, eval_size: int, opponents: list[str], duels: int, describe: bool, template: str,
-                 train_size: int):
+                 train_size: int, chat: bool = False):
         for o in opponents:
             opponent_tree(o)
         if duels < 1:
             raise ValueError(f"portal_duel: duels must be >= 1, got {duels!r}")
         self.name, self.seed, self.opponents, self.duels = "portal_duel", seed, list(opponents), duels
-        self.describe, self.template, self._train_size = describe, template, train_size
+        self.describe, self.template, self._train_size, self.chat = describe, template, train_size, chat
         self._eval = [self._example(self.opponents[j % len(self.opponents)],
                                     [2 * (stable_seed(seed, "portal-eval", j) >> 2) + 1], "eval", j,
                                     random.Random(stable_seed(seed, "portal-eval-target", j)))
@@ -374,7 +375,7 @@ class PortalDuelTask:
     def _example(self, opponent: str, seeds: list[int], split: str, index: int, rng: random.Random) -> Example:
         text = RULES.format(ticks=GameConfig().max_ticks, opponent=opponent) if self.describe else \
             self.template.format(opponent=opponent)
-        return Example(prompt=text, answer=None, target=random_program(rng),
+        return Example(prompt=make_prompt(text, self.chat), answer=None, target=random_program(rng),
                        meta={"task": self.name, "opponent": opponent, "duel_seeds": seeds, "split": split,
                              "index": index})
 
@@ -402,14 +403,19 @@ class PortalDuelTask:
           paper=PAPER)
 def portal_duel_task(seed: int, eval_size: int = 64, *, opponents: list[str] | None = None, duels: int = 4,
                      describe: bool = False, template: str = "BT vs {opponent}:", train_size: int = 100_000,
-                     **unknown: Any) -> PortalDuelTask:
+                     chat: bool = False, **unknown: Any) -> PortalDuelTask:
     """Task factory. ``opponents`` (default all of rusher, brawler, kiter, turtle, random), ``duels`` training duels
-    per prompt, ``describe`` (prompt = the full rules text, for chat models; else ``template`` with ``{opponent}``)."""
+    per prompt, ``describe`` (prompt = the full rules text, for chat models; else ``template`` with ``{opponent}``),
+    ``chat`` (the prompt as chat messages)."""
     if unknown:
         raise TypeError(f"task 'portal_duel' got unknown parameter(s) {', '.join(map(repr, unknown))}; allowed "
-                        f"parameters are: opponents, duels, describe, template, train_size")
+                        f"parameters are: opponents, duels, describe, template, train_size, chat")
+    try:
+        template.format(opponent="rusher")
+    except (KeyError, IndexError, ValueError) as e:
+        raise ValueError(f"portal_duel: bad template ({e!r}); its only placeholder is {{opponent}}") from None
     return PortalDuelTask(seed, eval_size, list(opponents or OPPONENTS), int(duels), bool(describe), template,
-                          int(train_size))
+                          int(train_size), bool(chat))
 
 
 @register("reward", "portal_duel", description="PORTAL (reduced): mean duel score of the written behaviour tree",

@@ -52,7 +52,11 @@ def greedy_programs(final_model: str, task, max_new_tokens: int) -> dict[str, di
     out = {}
     for opponent in task.opponents:
         exs = [e for e in evals if e.meta["opponent"] == opponent]
-        ids = tokenizer(exs[0].prompt, return_tensors="pt").input_ids
+        prompt = exs[0].prompt
+        if isinstance(prompt, list):
+            ids = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, return_tensors="pt")
+        else:
+            ids = tokenizer(prompt, return_tensors="pt").input_ids
         with torch.no_grad():
             gen = model.generate(ids, max_new_tokens=max_new_tokens, do_sample=False,
                                  eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
