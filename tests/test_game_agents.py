@@ -240,3 +240,12 @@ def test_policy_modes_by_hand():
     assert [(d["mode"], d["from"], d["to"]) for d in modes] == [
         ("default", 0.0, 0.0), ("max", 0.2, 0.4), ("increasing", 0.6, 0.6), ("decreasing", 0.8, 0.8),
         ("min", 1.0, 1.0)]
+
+
+def test_tie_rule_is_robust_to_rounding():
+    """pi = 0.7 reached by Bayes' rule (0.35 / 0.5 in floating point) and the literal 0.7 herd alike at q = 0.7 (an
+    agent with s = 0 is exactly indifferent and plays 1)."""
+    reached = float(herd.bayes_update(0.5, 0.7, 1))
+    for pi in (0.7, reached, np.nextafter(0.7, 0.0)):
+        p11, p10 = herd.action_probs(pi, 0.7)
+        assert (float(p11), float(p10)) == (1.0, 1.0)

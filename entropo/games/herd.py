@@ -31,6 +31,7 @@ import numpy as np
 
 from entropo.registry import register
 
+TIE_TOL = 1e-9
 PAPER = "Steering the Herd: A Framework for LLM-based Control of Social Learning, arXiv 2504.02648"
 
 
@@ -65,13 +66,15 @@ class HerdModel:
 def action_probs(pi, q):
     """(P(a=1 | theta=1), P(a=1 | theta=0)) for public belief ``pi`` and precision ``q`` (arrays broadcast).
 
-    The agent plays 1 iff its posterior is >= 1/2: after s = 1 the posterior is pi q / (pi q + (1-pi)(1-q)), after
+    The agent plays 1 iff its posterior is >= 1/2 (the spec's tie rule; an indifferent agent plays 1): after s = 1 the posterior is pi q / (pi q + (1-pi)(1-q)), after
     s = 0 it is pi (1-q) / (pi (1-q) + (1-pi) q). If both posteriors are >= 1/2 it plays 1 whatever s (cascade on 1),
     if neither it plays 0 (cascade on 0); otherwise it follows its signal."""
     pi, q = np.broadcast_arrays(np.asarray(pi, dtype=float), np.asarray(q, dtype=float))
-    # posterior >= 1/2  <=>  pi * like_1 >= (1 - pi) * like_0
-    up_on_1 = pi * q >= (1 - pi) * (1 - q)
-    up_on_0 = pi * (1 - q) >= (1 - pi) * q
+    # posterior >= 1/2  <=>  pi * like_1 >= (1 - pi) * like_0, with ties (indifference) up to TIE_TOL counted as
+    # ties: beliefs land exactly on indifference points often (symmetric signals on a lattice of q), and rounding
+    # must not decide between herding and learning
+    up_on_1 = pi * q >= (1 - pi) * (1 - q) - TIE_TOL
+    up_on_0 = pi * (1 - q) >= (1 - pi) * q - TIE_TOL
     p1_given1 = np.where(up_on_0, 1.0, np.where(up_on_1, q, 0.0))  # P(a=1 | theta=1)
     p1_given0 = np.where(up_on_0, 1.0, np.where(up_on_1, 1 - q, 0.0))  # P(a=1 | theta=0)
     return p1_given1, p1_given0
@@ -161,8 +164,8 @@ def simulate(model: HerdModel, grid: np.ndarray, policy: np.ndarray, episodes: i
         q = policy[np.clip(np.rint(pi * (len(grid) - 1)).astype(int), 0, len(grid) - 1)]
         s = np.where(rng.random(episodes) < q, theta, 1 - theta)
         p11, p10 = action_probs(pi, q)
-        cascade1 = p10 == 1.0
-        cascade0 = p11 == 0.0
+        cascade1 = p10 == 1.0  # plays 1 whatever its signal
+        cascade0 = p11 == 0.0  # plays 0 whatever its signal
         a = np.where(cascade1, 1, np.where(cascade0, 0, s))
         disc = model.discount ** n
         c = model.cost_of(q)
