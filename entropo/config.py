@@ -124,6 +124,11 @@ class RolloutConfig(_Section):
         "until prompts_per_step groups are kept or this many rounds ran."
     )
     max_batch_size: int = Field(64, ge=1, description="Rows generated at once by the engine.")
+    shards: int | None = Field(
+        None, ge=1, description="Rollout shards: the step's prompts are cut into this many contiguous chunks, each "
+        "sampled with its own generator (seeded from seed and the shard index). None: one per process "
+        "(train.distributed). A one-process run with shards=N samples exactly what an N-process run samples."
+    )
     max_turns: int | None = Field(
         None, ge=1, description="Actions per episode; None uses the environment's own max_turns (1 for single-turn)."
     )
@@ -189,6 +194,14 @@ class TrainConfig(_Section):
         "less memory in the update for about one more forward of compute (the models' gradient checkpointing).")
     threads: int | None = Field(
         None, ge=1, description="torch intra-op CPU threads (None = torch's default, one per physical core).")
+    distributed: Literal["none", "ddp"] = Field(
+        "none", description="'ddp': data-parallel over the processes a launcher started (`torchrun --nproc-per-node N "
+        "-m entropo train ...` or `accelerate launch -m entropo train ...`; gloo on CPU, NCCL on GPUs): each process "
+        "samples its shard of the prompts, the batch is gathered so every whole-batch statistic is global, the update's "
+        "rows are split and gradients summed. Rank 0 alone logs, evaluates and writes checkpoints.")
+    dist_timeout_s: float = Field(
+        1800.0, gt=0, description="How long a process waits in a collective for the others before failing (a rank "
+        "that dies is normally noticed at once by the launcher, which stops the others).")
     old_logprobs: Literal["auto", "recompute", "behaviour"] = Field(
         "auto",
         description="Pre-update log-probs/entropies. 'auto' reuses what the rollout engine recorded while sampling "

@@ -117,6 +117,19 @@ class MetricsLogger:
             self._mlflow.end_run()
 
 
+class NullLogger:
+    """The logger of a process that does not log (ranks other than 0 of a data-parallel run)."""
+
+    def truncate_after(self, step: int) -> None:
+        pass
+
+    def log(self, step: int, metrics: dict[str, Any]) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in d.items():

@@ -131,6 +131,8 @@ def holding_run_dir(run_dir_of: Callable[..., Path]) -> Callable:
     def deco(fn: Callable) -> Callable:
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
+            if int(os.environ.get("RANK", "0")) != 0:  # a data-parallel run: rank 0 holds the lock for all ranks
+                return fn(*args, **kwargs)
             with RunLock(run_dir_of(*args, **kwargs), on_stale=kwargs.get("console", print)):
                 return fn(*args, **kwargs)
 

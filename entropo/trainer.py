@@ -24,6 +24,7 @@ See docs/architecture.md for the data flow.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 
 import math
 import random
@@ -39,10 +40,11 @@ from torch import Tensor
 
 from entropo import checkpoint as ckpt
 from entropo import diagnostics as diag
-from entropo import guards, models, ops, preflight, recipe_diff, registry, runlock
+from entropo import distributed, guards, models, ops, preflight, recipe_diff, registry, runlock
 from entropo.batch import Batch
+from entropo.distributed import Dist
 from entropo.config import ConfigError, Recipe, check_components
-from entropo.logging import MetricsLogger, Progress
+from entropo.logging import MetricsLogger, NullLogger, Progress
 from entropo.components import Auxiliary, Bound, Produced, RolloutContext, StepContext, merged_token_fns
 from entropo.rewards.runner import RewardRunner
 from entropo.samplers import PromptSampler  # noqa: F401  (re-exported: the default sampler)
@@ -219,17 +221,21 @@ def assign_advantages(advantage: Bound, batch: Batch, step_ctx: StepContext) -> 
     return {f"advantage/{k}": v for k, v in metrics.items()}
 
 
-def accumulate_gradients(model, mini: Batch, recipe: Recipe, objective: Bound, regs: list[Regularizer]
-                         ) -> dict[str, float]:
+def accumulate_gradients(model, mini: Batch, recipe: Recipe, objective: Bound, regs: list[Regularizer],
+                         whole: Batch | None = None, dist: Dist | None = None) -> dict[str, float]:
     """Forward/backward one optimizer mini-batch in micro-batches; gradients equal one full-batch backward.
 
     The aggregation denominators (token count, sequence count) are those of the whole mini-batch, so the sum of the
-    micro-batch losses is exactly the mini-batch loss (tests/test_trainer.py checks this for every mode).
+    micro-batch losses is exactly the mini-batch loss (tests/test_trainer.py checks this for every mode). In a
+    data-parallel run ``mini`` is this process's share of the rows of ``whole`` (the global mini-batch, whose
+    denominators every process uses) and the metrics are summed over processes (entropo/distributed.py).
     """
     agg = recipe.aggregation
+    dist = dist or Dist()
+    whole = whole if whole is not None else mini
     norm_length = agg.norm_length or recipe.rollout.max_new_tokens
-    total_tokens = mini.response_mask.sum()
-    total_seqs = (mini.response_mask.sum(-1) > 0).sum()
+    total_tokens = whole.response_mask.sum()
+    total_seqs = (whole.response_mask.sum(-1) > 0).sum()
     token_fns = merged_token_fns([objective] + [r.component for r in regs])
     sums: dict[str, float] = {}
     weight_total = 0.0
@@ -267,6 +273,13 @@ def accumulate_gradients(model, mini: Batch, recipe: Recipe, objective: Bound, r
         for k, v in metrics.items():
             sums[k] = sums.get(k, 0.0) + v * n_tok
         weight_total += n_tok
+    if dist.enabled:  # every process's share adds up to the global mini-batch
+        parts = dist.all_gather_object((sums, weight_total, pg_loss_sum, total_loss_sum, seq_log_ratio_sum))
+        sums = {}
+        for part_sums, *_ in parts:
+            for k, v in part_sums.items():
+                sums[k] = sums.get(k, 0.0) + v
+        weight_total, pg_loss_sum, total_loss_sum, seq_log_ratio_sum = (sum(p[i] for p in parts) for i in range(1, 5))
     if not weight_total:
         return {}
     out = {k: v / weight_total for k, v in sums.items()}
@@ -277,13 +290,15 @@ def accumulate_gradients(model, mini: Batch, recipe: Recipe, objective: Bound, r
 
 
 def policy_update(model, optimizer, scheduler, batch: Batch, recipe: Recipe, objective: Bound,
-                  regs: list[Regularizer], generator: torch.Generator, early_stop: Any | None = None
-                  ) -> dict[str, float]:
+                  regs: list[Regularizer], generator: torch.Generator, early_stop: Any | None = None,
+                  dist: Dist | None = None) -> dict[str, float]:
     """PPO-style epochs x mini-batches over one rollout batch; returns token-weighted mean metrics.
 
     ``early_stop`` (``train.early_stop``, e.g. ``kl_early_stop``): asked with each mini-batch's metrics after its
     backward pass; when ``stop_update`` is True that optimizer step is skipped and the remaining mini-batches and
-    epochs of this RL step are not run."""
+    epochs of this RL step are not run. With ``dist`` (data-parallel), each process backpropagates every
+    ``world``-th row of each mini-batch and the gradients are summed over processes before clipping and the step."""
+    dist = dist or Dist()
     params = [p for p in model.parameters() if p.requires_grad]
     sums: dict[str, float] = {}
     count = skipped = 0
@@ -295,9 +310,11 @@ def policy_update(model, optimizer, scheduler, batch: Batch, recipe: Recipe, obj
         for rows in order.chunk(recipe.train.mini_batches):
             mini = batch.select(rows.sort().values)
             optimizer.zero_grad(set_to_none=True)
-            metrics = accumulate_gradients(model, mini, recipe, objective, regs)
+            mine = mini.select(list(range(dist.rank, mini.size, dist.world))) if dist.enabled else mini
+            metrics = accumulate_gradients(model, mine, recipe, objective, regs, whole=mini, dist=dist)
             if not metrics:
                 continue
+            dist.all_reduce_grads(params)
             if early_stop is not None and early_stop.stop_update(metrics):
                 optimizer.zero_grad(set_to_none=True)
                 stopped = True
@@ -436,6 +453,21 @@ def rollout_batch(engine, task, rewards: RewardRunner, recipe: Recipe, examples:
     return batch, stats
 
 
+def batch_to_wire(batch: Batch) -> Batch:
+    """The batch as it travels between processes: on the CPU, samples without their task (re-attached on arrival)."""
+    out = batch.to("cpu")
+    if "sample" in out.info:
+        out.info["sample"] = [dataclasses.replace(x, task=None) for x in out.info["sample"]]
+    return out
+
+
+def batch_from_wire(batch: Batch, task: Any, device: torch.device) -> Batch:
+    out = batch.to(device)
+    if "sample" in out.info:
+        out.info["sample"] = [dataclasses.replace(x, task=task) for x in out.info["sample"]]
+    return out
+
+
 @dataclass
 class Run:
     """Everything ``setup`` builds once: what the phases of every step read and update."""
@@ -471,14 +503,49 @@ class Run:
     lora: Any = None  # entropo.models.lora.LoRA when model.lora is set
     old_token_fns: dict[str, Callable] = field(default_factory=dict)
     early_stop: Any = None  # train.early_stop: a controller whose stop_update ends a step's update early
+    dist: Dist = field(default_factory=Dist)  # this process's rank/world and its rollout shards
+    # with rollout.shards > 1: each owned shard's own generator (rollout_gen then serves components and producers,
+    # identically in every process)
+    shard_gens: dict[int, torch.Generator] = field(default_factory=dict)
 
     def sample(self, examples: list[Example], n: int, temperature: float) -> tuple[Batch, dict[str, Any]]:
         """Play and score n episodes per example as the loop does (group ids continue the run's numbering)."""
-        env_seed = self.recipe.seed * 1_000_000_007 + self.state.next_group_id * n
-        batch, stats = rollout_batch(self.engine, self.task, self.rewards, self.recipe, examples, n, temperature,
-                                     self.rollout_gen, self.state.next_group_id, self.device,
-                                     environment=self.environment, env_seed=env_seed)
+        batch, stats = self.sample_chunk(examples, n, temperature, self.rollout_gen, self.state.next_group_id)
         self.state.next_group_id += stats.pop("groups")
+        return batch, stats
+
+    def sample_chunk(self, examples: list[Example], n: int, temperature: float, generator: torch.Generator,
+                     first_group_id: int) -> tuple[Batch, dict[str, Any]]:
+        env_seed = self.recipe.seed * 1_000_000_007 + first_group_id * n
+        return rollout_batch(self.engine, self.task, self.rewards, self.recipe, examples, n, temperature, generator,
+                             first_group_id, self.device, environment=self.environment, env_seed=env_seed)
+
+    def sample_sharded(self, examples: list[Example], n: int, temperature: float) -> tuple[Batch, dict[str, Any]]:
+        """``sample`` over ``rollout.shards`` contiguous chunks of the prompts, each with its shard's generator; in
+        a data-parallel run each process samples its own shards and the rows are gathered (shard order)."""
+        if self.dist.shards == 1:
+            return self.sample(examples, n, temperature)
+        chunks = distributed.split_evenly(examples, self.dist.shards)
+        starts = np.cumsum([0] + [len(c) for c in chunks]).tolist()
+        local = []
+        for shard in self.dist.own_shards():
+            if not chunks[shard]:
+                continue
+            batch, stats = self.sample_chunk(chunks[shard], n, temperature, self.shard_gens[shard],
+                                             self.state.next_group_id + starts[shard])
+            if stats.pop("groups") != len(chunks[shard]):
+                raise ConfigError(f"rollout.engine={self.recipe.rollout.engine}: the engine carries rows over between "
+                                  f"steps, which sharded rollouts do not support; set rollout.shards=1 and "
+                                  f"train.distributed=none")
+            local.append((shard, batch_to_wire(batch), stats))
+        parts = sorted((p for rank_parts in self.dist.all_gather_object(local) for p in rank_parts),
+                       key=lambda p: p[0])
+        self.state.next_group_id += len(examples)
+        batch = Batch.concat([batch_from_wire(b, self.task, self.device) for _, b, _ in parts])
+        stats: dict[str, Any] = {k: sum(p[2][k] for p in parts) for k in ("tokens", "failures")}
+        for k in ("rollout_s", "reward_s"):  # wall time: the slowest process
+            stats[k] = self.dist.max_float(sum(p[2][k] for p in local))
+        stats["episodes"] = [e for p in parts for e in p[2]["episodes"]]
         return batch, stats
 
     def step_ctx(self, step: int) -> StepContext:
@@ -495,8 +562,11 @@ class Run:
 def train(recipe: Recipe, *, run_dir: str | Path | None = None, resume: bool = False,
           stop_after: int | None = None, console: Callable[[str], None] = print) -> dict[str, Any]:
     """Run a recipe end to end. ``stop_after`` ends the process-local loop early (to test resume)."""
+    if distributed.launched_rank() != 0:  # a data-parallel run speaks through rank 0
+        console = lambda *_a, **_k: None  # noqa: E731
     run = setup(recipe, run_dir, resume, console)
-    progress = Progress(run.recipe.train.steps, run.state.step, enabled=run.recipe.logging.progress)
+    progress = Progress(run.recipe.train.steps, run.state.step,
+                        enabled=run.recipe.logging.progress and run.dist.is_main)
     start_step = run.state.step
     for step in range(start_step, run.recipe.train.steps):
         if stop_after is not None and step >= start_step + stop_after:
@@ -527,20 +597,27 @@ def timed(fn: Callable[..., Any], *args: Any) -> float:
 def setup(recipe: Recipe, run_dir: str | Path | None, resume: bool, console: Callable[[str], None]) -> Run:
     """Build (or restore from the latest checkpoint) everything the loop needs."""
     check_components(recipe)
+    try:
+        dist = distributed.init(recipe.train.distributed, recipe.rollout.shards)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     out_dir = run_dir_for(recipe, run_dir)
-    ckpt.remove_stale_tmp(out_dir)
+    if dist.is_main:  # rank 0 alone writes to the run directory
+        ckpt.remove_stale_tmp(out_dir)
     latest, saved = ckpt.resume_point(out_dir, warn=console) if resume else (None, None)  # newest that verifies
     if resume and latest is None:
         console(f"--resume: no checkpoint in {out_dir}; starting from scratch")
     if not resume and (out_dir / "metrics.jsonl").exists():
         raise FileExistsError(f"{out_dir} already holds a run; pass --resume to continue it or choose another "
                               f"--run-dir / logging.run_name")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    recipe_diff.check_and_write(out_dir, recipe, saved, latest, console)  # refuses a resume that changes the run
+    if dist.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        recipe_diff.check_and_write(out_dir, recipe, saved, latest, console)  # refuses a resume that changes the run
 
     seed_everything(recipe.seed)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = distributed.device_for(dist)
     model, tokenizer = load_model(recipe, device)
+    distributed.connect(dist, recipe.train.dist_timeout_s)
     lora = None
     if recipe.model.lora is not None:
         from entropo.models.lora import LoRA
@@ -587,11 +664,14 @@ def setup(recipe: Recipe, run_dir: str | Path | None, resume: bool, console: Cal
         state=RunState(),
         logger=MetricsLogger(out_dir, tensorboard=recipe.logging.tensorboard, wandb=recipe.logging.wandb,
                              mlflow=recipe.logging.mlflow, run_name=out_dir.name,
-                             config=recipe.model_dump(mode="json")),
+                             config=recipe.model_dump(mode="json")) if dist.is_main else NullLogger(),
         old_token_fns=merged_token_fns(components, "old_token_fns"),
         lora=lora,
         early_stop=(registry.get("controller", recipe.train.early_stop.name)(**recipe.train.early_stop.params)
                     if recipe.train.early_stop is not None else None),
+        dist=dist,
+        shard_gens={shard: torch.Generator(device=device).manual_seed(recipe.seed + 1 + SHARD_SEED_STRIDE * (shard + 1))
+                    for shard in dist.own_shards()} if dist.shards > 1 else {},
     )
     if latest is not None:
         restore_checkpoint(run, saved)
@@ -607,16 +687,21 @@ def setup(recipe: Recipe, run_dir: str | Path | None, resume: bool, console: Cal
             console(f"SFT warm-up: {recipe.warmup.steps} steps, final loss {info['loss']:.3f}, {info['time']:.1f} s")
             if lora is not None:  # the base becomes the RL starting policy (the reference); new adapters from 0
                 lora.fold_in()
-                ckpt.atomic_torch_save(out_dir / LORA_BASE, lora.base_state_dict())
-        run.state.eval_start = evaluate(engine, task, run.eval_examples, recipe, recipe.seed + 3, run.environment)
+                if dist.is_main:
+                    ckpt.atomic_torch_save(out_dir / LORA_BASE, lora.base_state_dict())
+        if dist.is_main:  # the same weights in every process: rank 0 evaluates
+            run.state.eval_start = evaluate(engine, task, run.eval_examples, recipe, recipe.seed + 3,
+                                            run.environment)
     run.logger.truncate_after(run.state.step - 1)  # drop rows of steps this run will (re)do: each step is logged once
     run.ref_model = load_reference_model(run, fresh=latest is None)
+    dist.barrier()  # rank 0 has prepared the run directory (recipe, reference, LoRA base) before anyone goes on
     if run.ref_model is not None and lora is not None and recipe.model.reference is None:
         run.ref_scope = lora.disabled
     return run
 
 
 LORA_BASE = "lora_base.pt"  # the base weights after a warm-up was folded in (a resume needs them)
+SHARD_SEED_STRIDE = 7919  # rollout shard s samples with seed + 1 + stride * (s + 1); seed + 1 is rollout_gen's
 
 
 def load_model(recipe: Recipe, device: torch.device):
@@ -649,7 +734,7 @@ def load_reference_model(run: Run, fresh: bool):
         return run.model  # computed under run.ref_scope: the base with the adapters off, no second model
     ref_path = run.out_dir / "reference.pt"
     ref_model = models.load_reference(run.model, dtype=recipe.model.dtype, device=run.device)
-    if fresh:
+    if fresh and run.dist.is_main:
         ckpt.atomic_torch_save(ref_path, run.model.state_dict())
     else:
         ref_model.load_state_dict(torch.load(ref_path, map_location="cpu", weights_only=True))
@@ -670,7 +755,7 @@ def rollout_phase(run: Run, ctx: StepContext) -> tuple[Batch | None, dict[str, A
     while kept_groups < ro.prompts_per_step and tries < ro.max_tries:
         tries += 1
         examples = [run.task.train_example(i) for i in run.sampler.next(ro.prompts_per_step - kept_groups)]
-        batch, stats = run.sample(examples, ro.n, ro.temperature)
+        batch, stats = run.sample_sharded(examples, ro.n, ro.temperature)
         episodes += stats.pop("episodes")
         totals = {k: totals[k] + stats[k] for k in totals}
         generated.append(batch)
@@ -756,14 +841,38 @@ def score_phase(run: Run, batch: Batch) -> None:
     batch.old_logprobs = batch.behaviour_logprobs.clone()
     batch.old_entropy = batch.behaviour_entropy.clone()
     if len(redo) == batch.size:
-        batch.old_logprobs, batch.old_entropy, old_extras = score_tokens(run.model, batch,
-                                                                         token_fns=run.old_token_fns, **score_kw)
+        batch.old_logprobs, batch.old_entropy, old_extras = score_sharded(run, run.model, batch,
+                                                                          token_fns=run.old_token_fns, **score_kw)
         batch.extras.update(old_extras)
     elif redo:  # e.g. a producer's rows sampled at another temperature or under another prompt
-        batch.old_logprobs[redo], batch.old_entropy[redo], _ = score_tokens(run.model, batch.select(redo), **score_kw)
+        batch.old_logprobs[redo], batch.old_entropy[redo], _ = score_sharded(run, run.model, batch.select(redo),
+                                                                             **score_kw)
     if run.ref_model is not None:
         with run.ref_scope():
-            batch.ref_logprobs, _, _ = score_tokens(run.ref_model, batch, **score_kw)
+            batch.ref_logprobs, _, _ = score_sharded(run, run.ref_model, batch, **score_kw)
+
+
+def score_sharded(run: Run, model, batch: Batch, **kw):
+    """``score_tokens`` over the batch; in a data-parallel run each process scores every ``world``-th row and the
+    results are gathered, so every process holds the whole batch's values."""
+    if not run.dist.enabled:
+        return score_tokens(model, batch, **kw)
+    mine = list(range(run.dist.rank, batch.size, run.dist.world))
+    part = None
+    if mine:
+        lp, ent, ex = score_tokens(model, batch.select(mine), **kw)
+        part = (mine, lp.cpu(), ent.cpu(), {k: v.cpu() for k, v in ex.items()})
+    logprobs = torch.zeros(tuple(batch.input_ids.shape), dtype=torch.float32, device=batch.input_ids.device)
+    entropy = torch.zeros_like(logprobs)
+    extras: dict[str, Tensor] = {k: torch.zeros_like(logprobs) for k in (kw.get("token_fns") or {})}
+    for got in run.dist.all_gather_object(part):
+        if got is None:
+            continue
+        rows, lp, ent, ex = got
+        logprobs[rows], entropy[rows] = lp.to(logprobs.device), ent.to(logprobs.device)
+        for k, v in ex.items():
+            extras[k][rows] = v.to(logprobs.device)
+    return logprobs, entropy, extras
 
 
 # ---- phase 3: advantages ---------------------------------------------------------------------------------------------
@@ -793,7 +902,7 @@ def update_phase(run: Run, batch: Batch, ctx: StepContext) -> dict[str, Any]:
     run.model.train()
     t0 = time.perf_counter()
     metrics |= policy_update(run.model, run.optimizer, run.scheduler, batch, run.recipe, run.objective, run.regs,
-                             run.update_gen, early_stop=run.early_stop)
+                             run.update_gen, early_stop=run.early_stop, dist=run.dist)
     elapsed = time.perf_counter() - t0
     run.engine.after_update(run.model)
     train_tokens = float(batch.attention_mask.sum()) * run.recipe.train.ppo_epochs
@@ -848,7 +957,8 @@ def finish_step(run: Run, step: int, metrics: dict[str, Any], t_step: float) -> 
     for comp in run.components:
         comp.update(metrics)
     state.step = step + 1
-    if recipe.eval.every and state.step % recipe.eval.every == 0 and state.step < recipe.train.steps:
+    if (recipe.eval.every and state.step % recipe.eval.every == 0 and state.step < recipe.train.steps
+            and run.dist.is_main):  # the weights are the same in every process: rank 0 evaluates
         run.model.eval()
         metrics.update({f"eval/{k}": v for k, v in evaluate(run.engine, run.task, run.eval_examples, recipe,
                                                              recipe.seed + 3, run.environment).items()})
@@ -863,10 +973,11 @@ def finish_step(run: Run, step: int, metrics: dict[str, Any], t_step: float) -> 
 
 
 def finish_run(run: Run) -> dict[str, Any]:
-    """Final held-out eval, the HF model folder, the R(H) fit and plots; returns the run's summary."""
+    """Final held-out eval, the HF model folder, the R(H) fit and plots; returns the run's summary (rank 0 does
+    all of it in a data-parallel run)."""
     recipe, state = run.recipe, run.state
     summary: dict[str, Any] = {"run_dir": str(run.out_dir), "steps": state.step, "eval_start": state.eval_start}
-    if state.step >= recipe.train.steps:
+    if state.step >= recipe.train.steps and run.dist.is_main:
         run.model.eval()
         summary["eval_end"] = evaluate(run.engine, run.task, run.eval_examples, recipe, recipe.seed + 3,
                                        run.environment)
@@ -888,6 +999,8 @@ def finish_run(run: Run) -> dict[str, Any]:
             summary["plots"] = [str(p) for p in plot_run(run.out_dir)]
     run.logger.close()
     run.rewards.close()
+    run.dist.barrier()  # no process leaves (and tears the group down) before rank 0 has written the final model
+    run.dist.close()
     return summary
 
 
@@ -905,6 +1018,13 @@ def restore_checkpoint(run: Run, saved: dict[str, Any]) -> None:
     run.scheduler.load_state_dict(saved["scheduler"])
     run.sampler.load_state_dict(saved["sampler"])
     run.rollout_gen.set_state(saved["rollout_gen"])
+    shard_states = saved.get("shard_gens") or {}
+    for shard, gen in run.shard_gens.items():
+        if shard not in shard_states:
+            raise ckpt.CheckpointError(f"the checkpoint has no generator for rollout shard {shard} (it was written with "
+                                       f"rollout.shards={len(shard_states) or 1}); resume with the same rollout.shards "
+                                       f"and number of processes")
+        gen.set_state(shard_states[shard])
     run.update_gen.set_state(saved["update_gen"])
     for reg, c_state in zip(run.regs, saved["controllers"]):
         if reg.controller is not None:
@@ -917,11 +1037,19 @@ def restore_checkpoint(run: Run, saved: dict[str, Any]) -> None:
         run.early_stop.load_state_dict(saved["early_stop"])
     run.engine.load_state_dict(saved.get("engine", {}))
     run.state = RunState(**saved["run_state"])
-    ckpt.set_rng_state(saved["rng"])
+    by_rank = saved.get("rng_by_rank")
+    ckpt.set_rng_state(by_rank[run.dist.rank] if by_rank and run.dist.rank < len(by_rank) else saved["rng"])
 
 
-def save_checkpoint(run: Run) -> Path:
+def save_checkpoint(run: Run) -> Path | None:
+    """Write the step's checkpoint (rank 0; the other processes send it their generator and RNG states)."""
     guards.check_weights(run.model, f"checkpoint of step {run.state.step}")  # never save non-finite weights
+    shard_gens = {s: g for part in run.dist.all_gather_object({s: g.get_state() for s, g in run.shard_gens.items()})
+                  for s, g in part.items()}
+    rng_by_rank = run.dist.all_gather_object(ckpt.rng_state())
+    if not run.dist.is_main:
+        run.dist.barrier()  # wait until rank 0 has written it
+        return None
     payload = {
         "model": run.lora.trainable_state_dict() if run.lora is not None else run.model.state_dict(),
         "optimizer": run.optimizer.state_dict(),
@@ -937,5 +1065,9 @@ def save_checkpoint(run: Run) -> Path:
         "run_state": vars(run.state).copy(),
         "rng": ckpt.rng_state(),
         "recipe": run.recipe.model_dump(mode="json"),
+        "shard_gens": shard_gens,
+        "rng_by_rank": rng_by_rank if run.dist.enabled else None,
     }
-    return ckpt.save(run.out_dir, run.state.step, payload, keep=run.recipe.checkpoint.keep)
+    path = ckpt.save(run.out_dir, run.state.step, payload, keep=run.recipe.checkpoint.keep)
+    run.dist.barrier()
+    return path
