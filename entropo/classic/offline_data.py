@@ -112,7 +112,7 @@ def collect_pendulum(seed: int, episodes: int = 60, expert_fraction: float = 0.5
     return data, info
 
 
-# ---- Maze: a goal-conditioned gridworld on the Gymnasium API ----------------------------------------------------------
+# ---- Maze: a goal-conditioned gridworld on the Gymnasium API ---------------------------------------------------------
 
 MOVES = np.array([[-1, 0], [1, 0], [0, -1], [0, 1]])  # up, down, left, right (row, col)
 

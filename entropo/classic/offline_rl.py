@@ -285,14 +285,12 @@ class A2PR(TD3BC):
             adv_vae = self.critic.Q1(s, recon_pi) - v
         target, weight = a2pr_bc_target(a, recon_pi, adv_data, adv_vae, self.mask)
         bc = (torch.square(pi - target) * weight).mean()
-        for p in self.vae.parameters():  # the BC gradient reaching the VAE is not applied (actor step only)
-            p.grad = None
         return bc, {"a2pr/use_vae_share": (adv_vae >= adv_data).float().mean().item(),
                     "a2pr/weight_mean": weight.mean().item(), "a2pr/gated_share": (weight == 0).float().mean().item()}
 
     def update(self, s, a, r, s2, nd) -> dict[str, float]:
         out = super().update(s, a, r, s2, nd)
-        for p in self.vae.parameters():
+        for p in self.vae.parameters():  # the BC gradient that reached the VAE is not applied (actor step only)
             p.grad = None
         return out
 
@@ -568,7 +566,8 @@ def _summary(evals: list[dict[str, Any]], key: str = "eval/return") -> dict[str,
 @register("program", "offline_td3bc_a2pr", paper=f"{A2PR_PAPER}; {TD3BC_PAPER}")
 def offline_program(out_dir: Path, seed: int, console=print, method: str = "a2pr", steps: int = 3000,
                     batch_size: int = 256, hidden: tuple[int, ...] = (128, 128), lr: float = 3e-4,
-                    alpha: float = 2.5, mask: float = 1.0, eval_every: int = 500, eval_episodes: int = 5, ckpt_every: int = 1000,
+                    alpha: float = 2.5, mask: float = 1.0, eval_every: int = 500, eval_episodes: int = 5,
+                    ckpt_every: int = 1000,
                     dataset: dict | None = None, data_seed: int | None = None) -> dict[str, Any]:
     """TD3+BC (``method: td3bc``) or A2PR (``method: a2pr``) on the mixed expert/random Pendulum dataset; reports the
     evaluation returns (final, mean of the last third of evaluations, best) and the dataset's per-kind returns."""

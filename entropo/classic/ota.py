@@ -41,8 +41,9 @@ OTA_PAPER = ("Option-aware Temporally Abstracted Value for Offline Goal-Conditio
 
 def option_value_target(at_goal: torch.Tensor, hit: torch.Tensor, v_next: torch.Tensor,
                         gamma: float) -> torch.Tensor:
-    """The option-aware TD target: 0 at the goal, −1 if the goal is reached within the option, else −1 + γ·V̄(s_{t+n}, g)
-    (``v_next`` the target value at the option's end state). With n = 1 it is HIQL's per-step target."""
+    """The option-aware TD target: 0 at the goal, −1 if the goal is reached within the option, else
+    −1 + γ·V̄(s_{t+n}, g) (``v_next`` the target value at the option's end state). With n = 1 it is HIQL's
+    per-step target."""
     at_goal, hit = at_goal.to(v_next.dtype), hit.to(v_next.dtype)
     return (1.0 - at_goal) * (-1.0 + gamma * (1.0 - hit) * v_next)
 

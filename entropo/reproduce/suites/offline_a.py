@@ -101,7 +101,8 @@ def run_famo2o(cfg, out_dir: Path, console) -> CustomResult:
              f"model's β(s) and with each fixed β; the best fixed β is picked per seed after the fact (an optimistic "
              f"baseline). The paper compares against separately trained fixed-β IQL runs; this compares against the "
              f"family's own fixed-β members.", "",
-             "| seed | balance β(s) | mean β(s) | " + " | ".join(f"fixed {b}" for b in betas) + " | offline only, β(s) |",
+             "| seed | balance β(s) | mean β(s) | " + " | ".join(f"fixed {b}" for b in betas)
+             + " | offline only, β(s) |",
              "|---|---|---|" + "---|" * len(betas) + "---|"]
     for seed, r in enumerate(runs):
         lines.append(f"| {seed} | {r['return_balance']:.1f} | {r['beta_mean']:.2f} | "
