@@ -243,3 +243,23 @@ def test_ota_program_resumes_identically(tmp_path, monkeypatch):
     ota.ota_program(tmp_path / "split", 0, lambda m: None, steps=3, **kw)
     resumed = ota.ota_program(tmp_path / "split", 0, lambda m: None, steps=6, **kw)
     assert resumed["evals"] == full["evals"] and resumed["hiql"] == full["hiql"] and resumed["ota"] == full["ota"]
+
+
+def test_famo2o_program_resumes_identically_across_the_online_phase(tmp_path, monkeypatch):
+    monkeypatch.setenv("ENTROPO_OFFLINE_DIR", str(tmp_path / "cache"))
+    kw = dict(batch_size=16, hidden=(8,), online_steps=4, episode_len=2, eval_every=4, eval_episodes=1,
+              fixed_betas=(1.0,), ckpt_every=2, dataset={"episodes": 2, "max_steps": 20})
+    full = rl.famo2o_program(tmp_path / "full", 0, lambda m: None, steps=2, **kw)
+    rl.famo2o_program(tmp_path / "split", 0, lambda m: None, steps=2, **{**kw, "online_steps": 2})
+    resumed = rl.famo2o_program(tmp_path / "split", 0, lambda m: None, steps=2, **kw)
+    assert resumed["evals"] == full["evals"]
+    from entropo import checkpoint
+
+    a, b = (checkpoint.load(checkpoint.latest(tmp_path / d)) for d in ("full", "split"))
+    assert a["step"] == b["step"] == 6
+    assert all(torch.equal(a["extra"]["online"][k], b["extra"]["online"][k]) for k in a["extra"]["online"])
+    assert a["extra"]["online"]["s"].shape[0] == 4  # four online transitions were added to the buffer
+    assert all(torch.equal(a["agent"]["modules"]["balance"][k], b["agent"]["modules"]["balance"][k])
+               for k in a["agent"]["modules"]["balance"])
+    with pytest.raises(ValueError, match="multiples of the episode length"):
+        rl.famo2o_program(tmp_path / "bad", 0, lambda m: None, steps=3, **kw)

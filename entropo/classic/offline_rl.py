@@ -592,13 +592,13 @@ def famo2o_program(out_dir: Path, seed: int, console=print, steps: int = 3000, o
                    online_beta: float | None = None, batch_size: int = 256, hidden: tuple[int, ...] = (128, 128),
                    lr: float = 3e-4, expectile: float = 0.7, beta_range: tuple[float, float] = (1.0, 5.0),
                    fixed_betas: tuple[float, ...] = (1.0, 2.0, 3.0, 4.0, 5.0), eval_every: int = 1000,
-                   eval_episodes: int = 5, ckpt_every: int = 1000, dataset: dict | None = None,
-                   data_seed: int | None = None) -> dict[str, Any]:
+                   eval_episodes: int = 5, ckpt_every: int = 1000, episode_len: int = 200,
+                   dataset: dict | None = None, data_seed: int | None = None) -> dict[str, Any]:
     """FamO2O (IQL) on the mixed Pendulum dataset: ``steps`` offline steps (β uniform in ``beta_range``), then
     ``online_steps`` online steps (one env step + one update each; β from the balance model, or fixed at
     ``online_beta`` for the fixed-balance baseline). Every evaluation scores the universal policy with the balance
-    model's β(s) and at each fixed β in ``fixed_betas``; rewards are scaled by 1000 / (max − min dataset episode
-    return) as the official code does for locomotion."""
+    model's β(s) and at each fixed β in ``fixed_betas``; online episodes last ``episode_len`` steps. Rewards are
+    scaled by 1000 / (max − min dataset episode return) as the official code does for locomotion."""
     from entropo.extras import require
 
     torch.set_num_threads(1)
@@ -620,9 +620,9 @@ def famo2o_program(out_dir: Path, seed: int, console=print, steps: int = 3000, o
             out[f"eval/return_beta{b:g}"] = evaluate(lambda s, b=b: agent.act(s, beta=b), buffer, eval_episodes)
         return out
 
-    env = gym.make("Pendulum-v1")
-    online = {"obs": None, "episode": 0}
-    max_t = 200
+    max_t = episode_len
+    env = gym.make("Pendulum-v1", max_episode_steps=max_t)
+    online = {"obs": None}
 
     def on_step(step: int) -> None:
         if step <= steps:
