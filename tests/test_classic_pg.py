@@ -89,6 +89,21 @@ def test_hdpo_checkpoint_resume_gives_identical_results(tmp_path):
     assert h_res == h_full
 
 
+def test_malformed_orders_and_held_out_paths():
+    prob = hdpo.InventoryProblem(lead_time=1, periods=2, ignore_periods=0)
+    d, s = torch.tensor([[1.0, 1.0]]), torch.tensor([[3.0]])
+    neg = hdpo.simulate(prob, lambda x: torch.full((x.shape[0],), -5.0), d, s)["costs"]
+    zero = hdpo.simulate(prob, lambda x: torch.zeros(x.shape[0]), d, s)["costs"]
+    assert torch.equal(neg, zero)  # a negative order is no order, not a crash
+    with pytest.raises(ValueError, match="policy"):
+        hdpo.simulate(prob, lambda x: torch.full((x.shape[0],), float("nan")), d, s)
+    # the held-out generator seeds never meet a training batch's (seed·1_000_003 + step)
+    assert hdpo.HELD_OUT_SEED - 100 > 100 * 1_000_003 + 10**9
+    a, _ = hdpo._paths(prob, 4, seed=5)
+    b, _ = hdpo._paths(prob, 4, seed=5)
+    assert torch.equal(a, b)  # paths are deterministic in the seed
+
+
 def test_inventory_bad_input_names_the_field():
     with pytest.raises(ValueError, match="lead_time"):
         hdpo.InventoryProblem(lead_time=0)
@@ -192,7 +207,7 @@ def test_vanilla_pg_improves_the_exact_return():
     assert res["gap"][-1].mean() < 0.7 * res["gap"][0].mean()
 
 
-# ---- penalty method for bilevel optimization --------------------------------------------------------------------------
+# ---- penalty method for bilevel optimization ----------------------------------------------------------------------
 
 
 def _one_d() -> bp.QuadraticBilevel:

@@ -145,7 +145,7 @@ class QuadraticBilevel:
         return torch.linalg.solve(K @ self.M + self.mu * torch.eye(self.B.shape[1], dtype=self.A.dtype), K @ self.c)
 
 
-# ---- RL use: the entropy temperature of a tabular policy optimization as the outer variable ---------------------------
+# ---- RL use: the entropy temperature of a tabular policy optimization as the outer variable -----------------------
 
 def regularized_return(P: torch.Tensor, r: torch.Tensor, rho: torch.Tensor, gamma: float, theta: torch.Tensor,
                        tau: torch.Tensor | float = 0.0) -> torch.Tensor:

@@ -103,6 +103,9 @@ def simulate(problem: InventoryProblem, policy, demands: torch.Tensor, state: to
         else:
             order = mean
             log_probs.append(torch.zeros_like(mean))
+        if not torch.isfinite(order).all():
+            raise ValueError("policy: returned a NaN or infinite order quantity; orders must be finite numbers >= 0")
+        order = torch.clamp(order, min=0.0)  # a negative order is no order (stock cannot be sent back)
         post = state[:, 0] - demands[:, t]
         costs.append(h * torch.relu(post) + p * torch.relu(-post))
         if problem.lost_sales:
@@ -172,6 +175,10 @@ def optimal_base_stock(problem: InventoryProblem) -> tuple[float, float]:
             pmf *= m / k
         below += (s - k) * pmf
     return float(s), h * below + p * (below - (s - m))
+
+
+HELD_OUT_SEED = (1 << 62) - 1  # held-out demand paths: generator seeds counted down from here; training batches use
+# seed·1_000_003 + step (far below for any practical seed and step count)
 
 
 def _paths(problem: InventoryProblem, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -328,7 +335,7 @@ def hdpo_program(out_dir, seed: int, console, lead_time: int = 4, holding_cost: 
     out = Path(out_dir)
     problem = InventoryProblem(lead_time, holding_cost, underage_cost, demand_mean, demand, lost_sales=lost_sales,
                                periods=periods, ignore_periods=ignore_periods)
-    held_out = _paths(problem, eval_paths, seed=10_000_019 + seed)  # never used for training
+    held_out = _paths(problem, eval_paths, seed=HELD_OUT_SEED - seed)  # disjoint from every training batch's seed
     results: dict[str, Any] = {"problem": {"lead_time": lead_time, "holding_cost": holding_cost,
                                            "underage_cost": underage_cost, "demand": demand,
                                            "demand_mean": demand_mean, "lost_sales": lost_sales}}

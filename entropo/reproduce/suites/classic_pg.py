@@ -71,7 +71,8 @@ def run_hdpo(cfg, out_dir: Path, console) -> CustomResult:
     n = HDPO_PARAMS["n_paths"]
     r0 = per_seed[0]
     lines = [f"**Setup:** one store, backlog, Poisson(5) demand, lead time {HDPO_PARAMS['lead_time']}, h = 1, p = 9; "
-             f"optimal base-stock level S* = {r0['base_stock_level']:g} (0.9 quantile of Poisson(25)), closed-form cost "
+             f"optimal base-stock level S* = {r0['base_stock_level']:g} (0.9 quantile of Poisson(25)), closed-form "
+             "cost "
              f"{r0['base_stock_cost_closed_form']:.4f} per period. MLP 3x32 policies from the same initialization, "
              f"Adam lr {HDPO_PARAMS['lr']}, {cfg.steps} steps x {n} fresh demand paths x {HDPO_PARAMS['periods']} "
              f"periods for each arm (equal samples); held-out cost on {HDPO_PARAMS['eval_paths']} paths, first "
@@ -155,7 +156,8 @@ def run_penalty(cfg, out_dir: Path, console) -> CustomResult:
     lines += ["", "**RL use** (per seed a random 6-state, 4-action MDP, γ = 0.8; rewards estimated twice with noise "
                   "sd 1.0: train and validation): the outer variable log τ sets the entropy temperature of the inner "
                   "policy optimization on the train estimate; the outer objective is the return on the validation "
-                  "estimate; σ = 0.05, 150 outer steps. Reference: a 23-point grid of τ with exact inner solutions.", "",
+                  "estimate; σ = 0.05, 150 outer steps. Reference: a 23-point grid of τ with exact inner "
+                  "solutions.", "",
               "| seed | penalty τ | its validation return | grid-best τ | grid-best validation | true return: "
               "penalty / grid-best / smallest τ / optimal |", "|---|---|---|---|---|---|"]
     for k, r in enumerate(per_seed):
