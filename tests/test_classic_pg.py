@@ -255,3 +255,14 @@ def test_regularized_return_and_soft_optimal_logits():
     # J_τ = (Σ π r + τ H(π)) / (1 − γ) = τ·logsumexp(r/τ) / (1 − γ) at the soft optimum
     expected = 0.5 * math.log(math.exp(2) + 1) / 0.5
     assert float(bp.regularized_return(P, r, rho, 0.5, th, 0.5)) == pytest.approx(expected)
+
+
+def test_recipes_match_their_programs():
+    from entropo.api import RECIPES_DIR
+    from entropo.config import ConfigError
+    from entropo.programs import load_program
+
+    for name in ("hdpo", "stochastic_pg", "bilevel_penalty"):
+        assert load_program(RECIPES_DIR / f"{name}.yaml").program == name
+    with pytest.raises(ConfigError, match="params.horizon_typo"):
+        load_program(RECIPES_DIR / "stochastic_pg.yaml", ["params.horizon_typo=3"])

@@ -258,9 +258,9 @@ def run_method(mdp: TabularMDP, method: str, iterations: int, scales: Any, seed:
     return {"trajectories": traj, "gap": np.array(gaps), "j_star": j_star, "theta": theta}
 
 
-def trajectories_to_reach(traj: list[int], gap: list[float], target: float) -> float:
-    """The first trajectory count at which the (run-averaged) gap is <= target; inf if never."""
-    return float(next((n for n, g in zip(traj, gap) if g <= target), math.inf))
+def trajectories_to_reach(traj: list[int], gap: list[float], target: float) -> int | None:
+    """The first trajectory count at which the (run-averaged) gap is <= target; None if never."""
+    return next((int(n) for n, g in zip(traj, gap) if g <= target), None)
 
 
 def _plot(curves: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], target: float, path: Path, title: str) -> Path:
@@ -343,5 +343,6 @@ def stochastic_pg_program(out_dir, seed: int, console, n_states: int = 5, n_acti
     for m in methods:
         console(f"  {m} (step {results[f'{m}/best_step_size']:g}): final relative gap {results[f'{m}/final_gap']:.4f},"
                 f" mean over run {results[f'{m}/auc_gap']:.4f}, trajectories to gap <= {target:g}: "
-                f"{results[f'{m}/trajectories_to_target']:.0f}, runs stuck above 0.5: {results[f'{m}/stuck_runs']:.2f}")
+                f"{results[f'{m}/trajectories_to_target'] or 'never'}, runs stuck above 0.5: "
+                f"{results[f'{m}/stuck_runs']:.2f}")
     return results

@@ -118,7 +118,7 @@ def run_stochastic_pg(cfg, out_dir: Path, console) -> CustomResult:
              f"{target:g} | runs ending with gap > 0.5 |", "|---|---|---|---|---|---|"]
     for m in SPG_METHODS:
         steps = ", ".join(f"{r[f'{m}/best_step_size']:g}" for r in per_seed)
-        reach = ", ".join(f"{r[f'{m}/trajectories_to_target']:.0f}" for r in per_seed)
+        reach = ", ".join(str(r[f"{m}/trajectories_to_target"] or "never") for r in per_seed)
         stuck = _ms([r[f"{m}/stuck_runs"] for r in per_seed])
         lines.append(f"| {m} | {steps} | {_ms(auc[m])} | {_ms(final[m])} | {reach} | {stuck} |")
     lines += ["", "The softmax tabular policy is not Fisher-non-degenerate (the Fisher information vanishes as the "
