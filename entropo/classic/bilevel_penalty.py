@@ -261,11 +261,13 @@ def _plot(quad: dict[str, Any], demo: dict[str, Any] | None, path: Path) -> Path
 
 
 def quadratic_sweep(seed: int, sigmas: list[float], n: int = 3, m: int = 4, mu: float = 0.5, outer_steps: int = 150,
-                    inner_steps: int = 10, lr_x: float = 0.5) -> dict[str, Any]:
+                    inner_steps: int = 10) -> dict[str, Any]:
     """Stationarity gap ‖∇F(x)‖ at the penalty's closed-form stationary point x_σ and at the first-order method's
-    iterate after ``outer_steps`` outer steps, for each σ; and the log-log slope of each against σ."""
+    iterate after ``outer_steps`` outer steps, for each σ; and the log-log slope of each against σ. Step sizes are
+    1/smoothness: lr_y = 1/(λ_max(A) + σ) for σf + g, lr_x = 1/(‖M‖² + μ) for the hyper-objective (M = A⁻¹B)."""
     q = QuadraticBilevel.random(n, m, seed, mu)
     L = float(torch.linalg.eigvalsh(q.A).max())
+    lr_x = 1.0 / (float(torch.linalg.matrix_norm(q.M, ord=2)) ** 2 + mu)
     closed, alg, dist = [], [], []
     for s in sigmas:
         xs = q.x_sigma(s)
