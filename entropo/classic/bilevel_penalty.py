@@ -238,6 +238,8 @@ def _plot(quad: dict[str, Any], demo: dict[str, Any] | None, path: Path) -> Path
     ax.loglog(s, quad["gap_closed_form"], "o-", label="‖∇F(x_σ)‖, x_σ closed form")
     ax.loglog(s, quad["gap_algorithm"], "s--", label="‖∇F(x_K)‖, first-order penalty method")
     ax.loglog(s, quad["gap_closed_form"][0] * s / s[0], "k:", lw=1, label="slope 1 (O(σ))")
+    ax.set_xticks(s, [f"{v:g}" for v in s])
+    ax.minorticks_off()
     ax.set_xlabel("σ")
     ax.set_ylabel("hyper-objective stationarity gap")
     ax.set_title("quadratic bilevel toy", fontsize=9)

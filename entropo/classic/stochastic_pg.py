@@ -276,7 +276,7 @@ def _plot(curves: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], target: 
     ax.axhline(target, color="k", ls=":", lw=1, label="target gap")
     ax.set_yscale("log")
     ax.set_xlabel("trajectories sampled (per run)")
-    ax.set_ylabel("J* − J(θ) (exact), relative to the uniform policy's gap")
+    ax.set_ylabel("(J* − J(θ)) / (J* − J(uniform)), exact")
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
@@ -339,7 +339,7 @@ def stochastic_pg_program(out_dir, seed: int, console, n_states: int = 5, n_acti
     results["plot"] = str(_plot({f"{m} (γ0={results[f'{m}/best_step_size']:g})": (x, mean[m], spread[m])
                                  for m in methods}, target, out / "gap_vs_trajectories.png",
                                 f"{mdps} random MDPs (S={n_states}, A={n_actions}, γ={gamma}), {runs} runs each, "
-                                f"H={H}; mean ± sd over MDPs, best step size per method"))
+                                f"H={H}\nmean ± sd over MDPs, best step size per method"))
     for m in methods:
         console(f"  {m} (step {results[f'{m}/best_step_size']:g}): final relative gap {results[f'{m}/final_gap']:.4f},"
                 f" mean over run {results[f'{m}/auc_gap']:.4f}, trajectories to gap <= {target:g}: "
