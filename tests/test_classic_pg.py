@@ -266,3 +266,18 @@ def test_recipes_match_their_programs():
         assert load_program(RECIPES_DIR / f"{name}.yaml").program == name
     with pytest.raises(ConfigError, match="params.horizon_typo"):
         load_program(RECIPES_DIR / "stochastic_pg.yaml", ["params.horizon_typo=3"])
+
+
+def test_hdpo_program_resumes_into_the_same_directory(tmp_path):
+    import shutil
+
+    from entropo.checkpoint import all_checkpoints
+
+    kw = dict(lead_time=2, periods=6, ignore_periods=2, steps=4, n_paths=16, hidden=8, layers=1, eval_paths=64,
+              variance_repeats=2, checkpoint_every=2)
+    first = hdpo.hdpo_program(tmp_path, 0, lambda *_: None, **kw)
+    metrics = (tmp_path / "metrics.jsonl").read_text()
+    shutil.rmtree(all_checkpoints(tmp_path / "reinforce")[-1])  # as if killed after step 2
+    again = hdpo.hdpo_program(tmp_path, 0, lambda *_: None, **kw)
+    assert {k: v for k, v in again.items() if k != "plot"} == {k: v for k, v in first.items() if k != "plot"}
+    assert (tmp_path / "metrics.jsonl").read_text() == metrics

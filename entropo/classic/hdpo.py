@@ -251,11 +251,12 @@ def train(problem: InventoryProblem, policy: nn.Module, estimator: str, steps: i
           eval_paths: tuple[torch.Tensor, torch.Tensor] | None = None, out_dir: Path | None = None,
           checkpoint_every: int = 0, console=None) -> list[dict[str, float]]:
     """Adam on ``policy`` with the ``hdpo`` (pathwise, deterministic policy) or ``reinforce`` (Gaussian policy,
-    score function) gradient, ``n_paths`` fresh demand paths per step. Logs ``{prefix}loss`` every step and
-    ``{prefix}eval_cost`` (deterministic policy, held-out paths) every ``eval_every`` steps. With ``out_dir`` and
-    ``checkpoint_every`` > 0, checkpoints plain-data state (parameters, Adam state, step) under
-    ``out_dir/checkpoints/<prefix>`` and resumes from the newest one with identical results: demand paths are drawn
-    from a generator seeded by (seed, step), so no RNG state needs saving."""
+    score function) gradient, ``n_paths`` fresh demand paths per step. Records ``{prefix}train_cost`` (hdpo) every
+    step and ``{prefix}eval_cost`` (deterministic policy, held-out paths) every ``eval_every`` steps, logged to
+    ``logger`` if given. With ``out_dir`` and ``checkpoint_every`` > 0, checkpoints plain-data state (parameters, Adam
+    state, history, step) under ``out_dir/<prefix or estimator>/checkpoints`` and resumes from the newest one with
+    identical results: demand paths are drawn from a generator seeded by (seed, step), so no RNG state needs
+    saving."""
     from entropo import checkpoint
 
     if estimator not in ("hdpo", "reinforce"):
@@ -263,7 +264,7 @@ def train(problem: InventoryProblem, policy: nn.Module, estimator: str, steps: i
     opt = torch.optim.Adam(policy.parameters(), lr=lr)
     history: list[dict[str, float]] = []
     start = 0
-    ckpt_dir = Path(out_dir) / "checkpoints" / (prefix.strip("/") or "hdpo") if out_dir and checkpoint_every else None
+    ckpt_dir = Path(out_dir) / (prefix.strip("/") or estimator) if out_dir and checkpoint_every else None
     if ckpt_dir is not None and (last := checkpoint.latest(ckpt_dir)) is not None:
         state = checkpoint.load(last)
         policy.load_state_dict(state["policy"])
@@ -347,18 +348,18 @@ def hdpo_program(out_dir, seed: int, console, lead_time: int = 4, holding_cost: 
         optimum = evaluate_cost(problem, BaseStockPolicy(s_star), *held_out)
         results["base_stock_cost_heldout"] = optimum
         console(f"  optimal base-stock S* = {s_star:g}: cost {c_star:.4f} (closed form), {optimum:.4f} (held-out)")
-    logger = MetricsLogger(out, tensorboard=False)
     torch.manual_seed(seed)
     init = MLPPolicy(lead_time, demand_mean, hidden, layers)
     results["variance_at_init"] = gradient_variance(problem, init, n_paths, variance_repeats, noise_std, seed)
-    curves = {}
+    curves, histories = {}, {}
     for est in ("hdpo", "reinforce") if reinforce else ("hdpo",):
         policy = MLPPolicy(lead_time, demand_mean, hidden, layers)
         policy.load_state_dict(init.state_dict())
-        hist = train(problem, policy, est, steps, n_paths, lr, seed, noise_std, logger, prefix=f"{est}/",
+        hist = train(problem, policy, est, steps, n_paths, lr, seed, noise_std, None, prefix=f"{est}/",
                      eval_paths=held_out, out_dir=out, checkpoint_every=checkpoint_every, console=console)
         evals = [(int(r["step"]), r[f"{est}/eval_cost"]) for r in hist if f"{est}/eval_cost" in r]
         curves[est] = ([s for s, _ in evals], [c for _, c in evals])
+        histories[est] = hist
         results[f"{est}/final_cost"] = evals[-1][1]
         if optimum:
             results[f"{est}/gap_to_base_stock"] = evals[-1][1] / optimum - 1
@@ -367,6 +368,12 @@ def hdpo_program(out_dir, seed: int, console, lead_time: int = 4, holding_cost: 
         if est == "hdpo":
             results["variance_after_hdpo"] = gradient_variance(problem, policy, n_paths, variance_repeats,
                                                                noise_std, seed + 7)
+    # metrics.jsonl is written once from the (checkpointed) histories, so a resumed run writes the same file
+    (out / "metrics.jsonl").unlink(missing_ok=True)
+    logger = MetricsLogger(out, tensorboard=False)
+    for step in range(1, steps + 1):
+        row = {k: v for h in histories.values() for k, v in h[step - 1].items() if k != "step"}
+        logger.log(step, row)
     logger.close()
     for where in ("variance_at_init", "variance_after_hdpo"):
         if where in results:
