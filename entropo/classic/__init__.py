@@ -4,3 +4,4 @@ MDPs, inventory control, contextual bandits, offline RL on Gymnasium), as progra
 Heavy dependencies (Gymnasium, scikit-learn, LightGBM: ``pip install 'entropo[classic]'``) are imported inside
 functions through :func:`entropo.extras.require`; importing this package registers the components."""
 from entropo.classic import offline_data, offline_rl, ota  # noqa: F401,E402  (offline RL: TD3+BC, A2PR, FamO2O, OTA)
+from entropo.classic import bilevel_penalty, hdpo, stochastic_pg  # noqa: F401
