@@ -2,3 +2,4 @@
 and exploitability, decision-time search, and language agents that play them (``entropo reproduce --suite games``).
 pyspiel is imported inside functions through :func:`entropo.extras.require`; importing this package registers the
 components."""
+from entropo.games import env  # noqa: F401  (registers the poker environment and task)

@@ -1,0 +1,169 @@
+"""Games (entropo.games): the poker environments on OpenSpiel (payoffs and legal actions checked against pyspiel,
+seeded dealing, malformed actions), exploitability, and the update-equivalence search / MMD (arXiv 2304.13138)."""
+
+import numpy as np
+import pytest
+
+pyspiel = pytest.importorskip("pyspiel")
+
+from entropo.games import poker as P  # noqa: E402
+from entropo.games.env import PokerEnv, parse_action, play_hand, poker_task  # noqa: E402
+from entropo.types import Example  # noqa: E402
+
+
+def _deal_with(game, first, second=None):
+    """The first deal number whose deck order starts with the given cards (player 0's, player 1's)."""
+    for d in range(10_000):
+        o = P.deck_order(game, d)
+        if o[0] == first and (second is None or o[1] == second):
+            return d
+    raise AssertionError("no such deal")
+
+
+def _ex(deal, seat=None):
+    meta = {"deal": deal}
+    if seat is not None:
+        meta["seat"] = seat
+    return Example(prompt="", meta=meta)
+
+
+# ------------------------------------------------------------------------------------------------ rules and payoffs
+
+def test_kuhn_bet_called_pays_two_as_openspiel():
+    d = _deal_with("kuhn", 2, 0)  # I hold K, the opponent J
+    env = PokerEnv("kuhn", "always_call", seat=0)
+    obs = env.reset(_ex(d), seed=1)
+    assert "Your card: K" in obs and "CHECK, BET" in obs
+    r = env.step("BET")
+    st = P.load_game("kuhn").new_initial_state()
+    for a in (2, 0, 1, 1):
+        st.apply_action(a)
+    assert r.done and r.reward == st.returns()[0] == 2.0 and r.correct and r.info["mbb"] == 2000.0
+
+
+def test_kuhn_legal_words_match_openspiel():
+    st = P.load_game("kuhn").new_initial_state()
+    st.apply_action(0)
+    st.apply_action(1)
+    assert P.action_words(st) == {"CHECK": 0, "BET": 1} and st.legal_actions() == [0, 1]
+    st.apply_action(1)  # player 0 bets
+    assert P.action_words(st) == {"FOLD": 0, "CALL": 1}
+
+
+def test_leduc_words_and_payoff_against_openspiel():
+    g = P.load_game("leduc")
+    st = g.new_initial_state()
+    st.apply_action(0)
+    st.apply_action(3)
+    assert P.action_words(st) == {"CHECK": 1, "BET": 2} and sorted(P.action_words(st).values()) == st.legal_actions()
+    st.apply_action(2)
+    assert P.action_words(st) == {"FOLD": 0, "CALL": 1, "RAISE": 2} and st.legal_actions() == [0, 1, 2]
+    # the env from seat 1 (holding card 3 = Q) facing always-call: raise, then check down; compare with pyspiel
+    d = _deal_with("leduc", 0, 3)
+    env = PokerEnv("leduc", "always_call", seat=1)
+    obs = env.reset(_ex(d), seed=0)
+    assert "Your card: Qh" in obs and "Opponent: CHECK" in obs
+    r = env.step("BET")
+    assert not r.done and "Board:" in r.observation
+    public = P.deck_order("leduc", d)[2]
+    while not r.done:
+        r = env.step("check")
+    ref = g.new_initial_state()
+    for a in (0, 3, 1, 2, 1, public, 1, 1):
+        ref.apply_action(a)
+    assert ref.is_terminal() and r.reward == ref.returns()[1]
+
+
+def test_limit_holdem_plays_and_is_zero_sum():
+    env = PokerEnv("limit_holdem", "fixed", seat=1)
+    obs = env.reset(_ex(7), seed=3)
+    assert "small blind" in obs and "Your cards:" in obs
+    words = P.action_words(env.state)
+    assert sorted(words.values()) == env.state.legal_actions()
+    r, turns = None, 0
+    while r is None or not r.done:
+        r = env.step("call")
+        turns += 1
+        assert turns <= env.max_turns
+    assert sum(env.state.returns()) == 0 and r.reward == env.state.returns()[1] / 10.0
+
+
+def test_reset_deterministic_and_deal_fixes_cards_for_both_seats():
+    a, b = PokerEnv("leduc", "random"), PokerEnv("leduc", "random")
+    assert a.reset(_ex(11, 0), 5) == b.reset(_ex(11, 0), 5)
+    o = P.deck_order("leduc", 11)
+    assert a.state.history()[:2] == o[:2]
+    c = PokerEnv("leduc", "random")
+    c.reset(_ex(11, 1), 9)
+    assert c.state.history()[:2] == o[:2]  # the same cards from the other seat
+    e1, e2 = PokerEnv("kuhn", "random"), PokerEnv("kuhn", "random")
+    assert e1.reset(None, 3) == e2.reset(None, 3) and e1.seat == e2.seat == 1  # alternate: the seed's parity
+
+
+def test_malformed_actions_get_an_observation_then_a_fallback():
+    d = _deal_with("kuhn", 0, 2)
+    env = PokerEnv("kuhn", "always_call", seat=0, invalid_penalty=-0.25, max_retries=1)
+    env.reset(_ex(d), 0)
+    r = env.step("I think... \u2660\u2660")
+    assert not r.done and "Invalid action" in r.observation and "CHECK, BET" in r.observation and r.reward == -0.25
+    r = env.step("FOLD")  # folding with nothing owed is illegal in Kuhn (action 0 there is CHECK)
+    # second bad reply in a row: the fallback (check) is played; always-call checks behind; J loses the showdown
+    assert r.done and r.info["fallbacks"] == 1 and r.reward == pytest.approx(-1.0 - 0.25)
+    assert parse_action("", {"CHECK": 0}) == (None, "no action word")
+    assert parse_action("call", {"CHECK": 1, "BET": 2}) == (1, "CHECK")  # CALL with nothing owed = CHECK
+    with pytest.raises(ValueError, match="illegal"):
+        _illegal()
+
+
+def _illegal():
+    env = PokerEnv("kuhn", "random", seat=0)
+    env.reset(_ex(1), 0)
+    env.step_action(5)
+
+
+def test_bad_params_raise_one_clear_error():
+    with pytest.raises(ValueError, match="game='go'"):
+        PokerEnv("go")
+    with pytest.raises(ValueError, match="opponent="):
+        PokerEnv("kuhn", "shark")
+    with pytest.raises(ValueError, match="too large"):
+        P.make_opponent("cfr", "limit_holdem")
+
+
+def test_task_heldout_deals_never_in_training_and_mirror_seats():
+    t = poker_task(0, eval_size=50, game="leduc", train_size=200)
+    train = {t.train_example(i).meta["deal"] for i in range(t.train_size())}
+    held = {e.meta["deal"] for e in t.eval_examples()}
+    assert not train & held
+    a, b = t.train_example(6), t.train_example(7)
+    assert a.meta["deal"] == b.meta["deal"] and (a.meta["seat"], b.meta["seat"]) == (0, 1)
+
+
+def test_array_observation_is_openspiel_tensor_with_mask():
+    env = PokerEnv("kuhn", "random", seat=0)
+    env.reset(_ex(_deal_with("kuhn", 1)), 0)
+    x, mask = env.array_observation()
+    assert x.tolist() == env.state.information_state_tensor(0) and mask.tolist() == [1.0, 1.0]
+
+
+# ------------------------------------------------------------------------------------------------ exact evaluation
+
+def test_exploitability_uniform_kuhn_and_cfr():
+    assert P.exploitability("kuhn", P.UniformRandom()) == pytest.approx(11 / 24)
+    assert P.exploitability("kuhn", P.cfr_policy("kuhn")) < 1e-3
+    # the Kuhn game value for player 0 at equilibrium is -1/18
+    assert P.expected_payoff("kuhn", P.cfr_policy("kuhn"), P.cfr_policy("kuhn"), seat=0) == pytest.approx(-1 / 18,
+                                                                                                          abs=2e-3)
+
+
+def test_best_response_to_always_call_is_one_third():
+    # bet K (+2), Q either way (0), check J (-1): (2 + 0 - 1) / 3 from either seat
+    assert P.best_response_value("kuhn", P.AlwaysCall()) == pytest.approx(1 / 3)
+    assert P.expected_payoff("kuhn", P.AlwaysCall(), P.AlwaysCall()) == pytest.approx(0.0)
+
+
+def test_play_hand_matches_exact_expectation_on_average():
+    fixed = P.FixedStrategy()
+    exact = P.expected_payoff("kuhn", fixed, P.UniformRandom())
+    sampled = np.mean([play_hand("kuhn", fixed, "random", d, d % 2, seed=d) for d in range(3000)])
+    assert sampled == pytest.approx(exact, abs=0.06)
