@@ -27,8 +27,8 @@ from typing import Any
 import numpy as np
 
 from entropo.envs.base import Environment, StepResult
-from entropo.games.poker import (GAMES, OPPONENTS, action_words, board_cards, contributions, deal_card, deck_order,
-                                 load_game, make_opponent, private_cards, word_of)
+from entropo.games.poker import (GAMES, OPPONENTS, action_words, board_cards, contributions, deal_card, deal_value,
+                                 deck_order, load_game, make_opponent, private_cards, word_of)
 from entropo.registry import register
 from entropo.types import Example
 
@@ -56,13 +56,15 @@ class PokerEnv(Environment):
     """Params: ``game`` (kuhn / leduc / limit_holdem), ``opponent`` (random / always_call / fixed / cfr), ``seat`` (0:
     first to act in Kuhn/Leduc, the big blind in hold'em; 1; ``"alternate"``), ``invalid_penalty`` (turn reward of a
     malformed/illegal reply, default -0.1), ``max_retries`` (default 1), ``fallback`` (``check_fold`` / ``call``),
-    ``show_rules`` (the rules text in the first observation, default True)."""
+    ``show_rules`` (the rules text in the first observation, default True), ``baseline`` (a policy name of
+    ``OPPONENTS``, Kuhn/Leduc only: ``info["baseline"]`` = its exact expected units on this deal and seat against this
+    opponent, an opponent-aware control variate for ``keyed_baseline``; "" = none)."""
 
     observation_role = "user"
 
     def __init__(self, game: str = "kuhn", opponent: str = "random", seat: int | str = "alternate",
                  invalid_penalty: float = -0.1, max_retries: int = 1, fallback: str = "check_fold",
-                 show_rules: bool = True):
+                 show_rules: bool = True, baseline: str = ""):
         if game not in GAMES:
             raise ValueError(f"poker: game={game!r} is unknown; use one of {', '.join(GAMES)}")
         if opponent not in OPPONENTS:
@@ -77,6 +79,10 @@ class PokerEnv(Environment):
         self.spec = GAMES[game]
         self.invalid_penalty, self.max_retries, self.fallback = float(invalid_penalty), int(max_retries), fallback
         self.show_rules = bool(show_rules)
+        if baseline and (baseline not in OPPONENTS or not GAMES[game].small):
+            raise ValueError(f"poker: baseline={baseline!r} needs a policy of {', '.join(OPPONENTS)} and a small game "
+                             "(kuhn, leduc); use baseline='' otherwise")
+        self.baseline = make_opponent(baseline, game) if baseline else None
         self.max_turns = MAX_DECISIONS[game] * (self.max_retries + 1)
         self.opponent = make_opponent(opponent, game)
 
@@ -160,6 +166,8 @@ class PokerEnv(Environment):
         chips = float(self.state.returns()[self.seat])
         units = chips / self.spec.unit
         info = dict(self.stats, chips=chips, units=units, mbb=1000.0 * units, seat=self.seat, deal=self.deal)
+        if self.baseline is not None:
+            info["baseline"] = deal_value(self.game, self.baseline, self.opponent, self.deal, self.seat)
         return StepResult(observation=f"Hand over. You {'won' if chips > 0 else 'lost' if chips < 0 else 'tied'} "
                                       f"{abs(chips):g} chips.", reward=units, done=True, correct=chips > 0, info=info)
 

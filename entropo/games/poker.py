@@ -474,3 +474,21 @@ def best_response_value(game: str, opponent: Policy, seat: int | None = None) ->
     tab = to_openspiel(game, opponent)
     vals = [BR.BestResponsePolicy(g, s, tab).value(g.new_initial_state()) for s in seats]
     return float(np.mean(vals)) / _spec(game).unit
+
+
+def deal_value(game: str, policy: Policy, opponent: Policy, deal: int, seat: int) -> float:
+    """Exact expected units of ``policy`` in ``seat`` against ``opponent`` on one deal (the cards fixed by
+    :func:`deck_order`, only the players' randomness averaged): an opponent-aware baseline for that deal and seat."""
+    if not _spec(game).small:
+        raise ValueError(f"deal_value: {game} is too large for exact evaluation; use kuhn or leduc")
+    order = deck_order(game, deal)
+
+    def value(state: Any) -> float:
+        if state.is_terminal():
+            return float(state.returns()[seat])
+        if state.is_chance_node():
+            return value(state.child(deal_card(state, order)))
+        p = (policy if state.current_player() == seat else opponent).probs(state)
+        return sum(p[a] * value(state.child(a)) for a in state.legal_actions() if p[a] > 0)
+
+    return value(load_game(game).new_initial_state()) / _spec(game).unit
