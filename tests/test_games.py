@@ -268,3 +268,31 @@ def test_poker_env_reports_the_opponent_aware_baseline():
     r = env.step("BET")
     # uniform with K vs J against always-call: check -> +1 ... bet -> +2: 1.5
     assert r.info["baseline"] == pytest.approx(1.5)
+
+
+# ------------------------------------------------------------------------------------------------ PokerGPT (reduced)
+
+from entropo.games.pokergpt import hand_history, poker_histories_task  # noqa: E402
+
+
+def test_hand_history_is_what_the_environment_shows():
+    d = _deal_with("kuhn", 2, 0)
+    first, messages, chips = hand_history("kuhn", "fixed", "always_call", d, 0, env_seed=5)
+    # the fixed bot bets its K, always-call calls: +2; the first observation is the environment's own
+    assert messages == [{"role": "assistant", "content": "BET"}] and chips == 2.0
+    env = PokerEnv("kuhn", "always_call", seat=0, show_rules=False)
+    assert env.reset(_ex(d), 5) == first
+
+
+def test_poker_histories_filter_keeps_won_hands_and_rl_plays_fresh_deals():
+    win = poker_histories_task(0, eval_size=4, game="kuhn", hands=40, filter="win")
+    all_ = poker_histories_task(0, eval_size=4, game="kuhn", hands=40, filter="none")
+    assert win.train_size() < all_.train_size() == 40
+    assert all(win.train_example(i).meta["history"]["chips"] > 0 for i in range(win.train_size()))
+    ex = win.train_example(0)
+    assert ex.meta["deal"] != ex.meta["history"]["deal"] and ex.meta["deal"] % 2 == 0
+    assert all(e.meta["deal"] % 2 == 1 for e in win.eval_examples())  # held-out deals are odd, training even
+    rows = PokerEnv("kuhn", show_rules=False).demonstration_rows(ex)
+    assert rows == [(ex.meta["history"]["first"], ex.meta["history"]["messages"])]
+    with pytest.raises(ValueError, match="filter="):
+        poker_histories_task(0, game="kuhn", hands=4, filter="best")

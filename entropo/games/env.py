@@ -145,6 +145,12 @@ class PokerEnv(Environment):
             return result
         return self.step_action(a)
 
+    def demonstration_rows(self, example: Example) -> list[tuple[str, list[dict[str, str]]]] | None:
+        """A recorded hand for the SFT warm-up (``example.meta["history"]`` = {first, messages}, e.g. from the
+        ``poker_histories`` task): its first observation and messages exactly as this environment showed them."""
+        h = (example.meta or {}).get("history")
+        return [(h["first"], h["messages"])] if h else None
+
     def _fallback(self, words: dict[str, int]) -> int:
         if self.fallback == "call":
             return words.get("CALL", words.get("CHECK"))
