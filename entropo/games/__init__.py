@@ -3,3 +3,4 @@ and exploitability, decision-time search, and language agents that play them (``
 pyspiel is imported inside functions through :func:`entropo.extras.require`; importing this package registers the
 components."""
 from entropo.games import herd, portal  # noqa: F401,E402  (game_agents: registers portal_duel, herd_planner)
+from entropo.games import credit, env, pokergpt, search  # noqa: F401  (register env, tasks, advantage, programs)
