@@ -124,15 +124,19 @@ def train(
     from entropo.runlock import RunLock, clear_run_dir
 
     out = trainer.run_dir_for(rec, run_dir)
+    main_rank = int(os.environ.get("RANK", "0")) == 0  # a data-parallel launch speaks (and clears) through rank 0
     with RunLock(out, on_stale=console.print):  # held from before --overwrite clears the dir to the end of the run
-        if overwrite and not resume:
+        if overwrite and not resume and main_rank:
             clear_run_dir(out)
-        console.print(f"[bold]entropo train[/] {rec.name}" + (f" — {rec.paper}" if rec.paper else "") + f"  → {out}")
+        if main_rank:
+            console.print(f"[bold]entropo train[/] {rec.name}" + (f" — {rec.paper}" if rec.paper else "")
+                          + f"  → {out}")
         try:
             summary = trainer.train(rec, run_dir=out, resume=resume, console=console.print)
         except (ConfigError, FileExistsError) as e:
             _fail(str(e))
-    _print_summary(summary)
+    if main_rank:
+        _print_summary(summary)
 
 
 def _print_summary(s: dict) -> None:

@@ -46,6 +46,10 @@ class RunLock:
 
     # re-entrant within the owning thread: one RunLock object per resolved path
     def __enter__(self) -> "RunLock":
+        if int(os.environ.get("RANK", "0")) != 0:  # a data-parallel launch: rank 0 holds the lock for every rank
+            self._delegate = self
+            self._depth = -1
+            return self
         key = str(self.run_dir.resolve())
         with _held_guard:
             held = _held.get(key)
@@ -62,6 +66,9 @@ class RunLock:
         return self
 
     def __exit__(self, *exc: Any) -> None:
+        if self._depth == -1:  # the no-op lock of a rank other than 0
+            self._delegate, self._depth = None, 0
+            return
         target = self._delegate or self
         key = str(target.run_dir.resolve())
         with _held_guard:
@@ -131,8 +138,6 @@ def holding_run_dir(run_dir_of: Callable[..., Path]) -> Callable:
     def deco(fn: Callable) -> Callable:
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            if int(os.environ.get("RANK", "0")) != 0:  # a data-parallel run: rank 0 holds the lock for all ranks
-                return fn(*args, **kwargs)
             with RunLock(run_dir_of(*args, **kwargs), on_stale=kwargs.get("console", print)):
                 return fn(*args, **kwargs)
 

@@ -675,6 +675,7 @@ def setup(recipe: Recipe, run_dir: str | Path | None, resume: bool, console: Cal
     )
     if latest is not None:
         restore_checkpoint(run, saved)
+        engine.after_update(model)  # an out-of-process engine takes the restored weights
         console(f"resumed from {latest} (step {run.state.step})")
     else:
         if recipe.warmup.steps > 0:
@@ -685,6 +686,7 @@ def setup(recipe: Recipe, run_dir: str | Path | None, resume: bool, console: Cal
             info = warmup(model, tokenizer, engine, warm_task, recipe.warmup, seed=recipe.seed,
                           environment=run.environment.local())
             console(f"SFT warm-up: {recipe.warmup.steps} steps, final loss {info['loss']:.3f}, {info['time']:.1f} s")
+            engine.after_update(model)  # an out-of-process engine takes the warmed-up weights
             if lora is not None:  # the base becomes the RL starting policy (the reference); new adapters from 0
                 lora.fold_in()
                 if dist.is_main:

@@ -36,3 +36,30 @@ def kl_penalty(batch: Batch, coef: float = 0.01, kind: str = "k1") -> dict[str, 
         "kl_penalty_mean": float(ops.masked_mean(penalty, response_mask)),
         "kl_ref": float(ops.masked_mean(per_token_kl, response_mask)),
     }
+
+
+@register(
+    "shaping",
+    "truncated_is",
+    paper="Truncated importance sampling for the rollout-engine vs trainer mismatch (Yao et al. 2025, 'Your Efficient "
+          "RL Framework Secretly Brings You Off-Policy RL Training')",
+    stage="advantage",
+)
+def truncated_is(batch: Batch, cap: float = 2.0) -> dict[str, float]:
+    """token_weights *= min(pi_old / pi_behaviour, cap) on response tokens: the trainer's pre-update log-probs
+    (``old_logprobs``) against those the rollout engine recorded while sampling (``behaviour_logprobs``; e.g. vLLM's
+    kernels). A no-op ratio of 1 where the two agree. Metrics: ``tis_ratio_mean`` (before the cap), ``tis_capped_frac``
+    and ``tis_weight_mean`` (after it), over response tokens."""
+    if cap <= 0:
+        raise ValueError(f"truncated_is: cap must be > 0, got {cap}")
+    if batch.old_logprobs is None or batch.behaviour_logprobs is None:
+        raise ValueError("truncated_is needs batch.old_logprobs and batch.behaviour_logprobs")
+    mask = batch.response_mask
+    ratio = (batch.old_logprobs - batch.behaviour_logprobs).exp().where(mask > 0, 1.0)
+    weight = ratio.clamp(max=cap)
+    batch.token_weights = batch.token_weights * weight
+    return {
+        "tis_ratio_mean": float(ops.masked_mean(ratio, mask)),
+        "tis_capped_frac": float(ops.masked_mean((ratio > cap).float(), mask)),
+        "tis_weight_mean": float(ops.masked_mean(weight, mask)),
+    }

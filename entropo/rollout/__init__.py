@@ -4,5 +4,6 @@ built-in engines (``("engine", "hf")``: in-process Hugging Face sampling with a 
 from entropo.rollout.hf import HFEngine
 from entropo.rollout.tree import HFTreeEngine  # noqa: F401  (registers ("engine", "hf_tree"))
 from entropo.rollout.window import HFWindowEngine  # noqa: F401  (registers ("engine", "hf_window"))
+from entropo.rollout.vllm_engine import VLLMEngine  # noqa: F401  (registers ("engine", "vllm"); vllm imported on use)
 
 __all__ = ["HFEngine"]
