@@ -162,11 +162,11 @@ def test_without_pairs_mini_batching_is_the_plain_permutation():
     assert [r.tolist() for r, _ in batch.split_by_length(4)] == [c.tolist() for c in order.split(4)]
 
 
-@pytest.mark.parametrize("objective,params", [("dpo", {"beta": 0.3}), ("dpo", {"beta": 0.3, "loss": "ipo"}),
-                                              ("dpo", {"loss": "hinge", "label_smoothing": 0.1}),
-                                              ("inpo", {"eta": 0.5, "tau": 0.4})])
-def test_accumulation_over_micro_batches_equals_full_batch_for_pairwise_losses(objective, params,
-                                                                               tiny_recipe_overrides):
+PAIRWISE = [("dpo", {"beta": 0.3}), ("dpo", {"beta": 0.3, "loss": "ipo"}),
+            ("dpo", {"loss": "hinge", "label_smoothing": 0.1}), ("inpo", {"eta": 0.5, "tau": 0.4})]
+
+
+def test_accumulation_over_micro_batches_equals_full_batch_for_pairwise_losses(tiny_recipe_overrides):
     model, tok = models.tiny(seed=0)
     g = torch.Generator().manual_seed(1)
     B, L = 8, 10
@@ -186,19 +186,20 @@ def test_accumulation_over_micro_batches_equals_full_batch_for_pairwise_losses(o
     batch.snapshot_logprobs = (lp + 0.2 * torch.randn(B, L, generator=g)) * response
     batch.advantages = torch.zeros(B, L)
     recipe = load_recipe(None, tiny_recipe_overrides)
-    bound = Bound("objective", objective, params)
-    grads, losses = [], []
-    for mbs in (8, 2, 3):
-        recipe.train.micro_batch_size = mbs
-        model.zero_grad()
-        out = accumulate_gradients(model, batch, recipe, bound, [])
-        losses.append(out["actor/loss"])
-        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
-    assert grads[0].abs().sum() > 0
-    scale = float(grads[0].abs().max())
-    for other in grads[1:]:
-        torch.testing.assert_close(other, grads[0], rtol=1e-4, atol=1e-5 * scale)
-    assert losses[1] == pytest.approx(losses[0], rel=1e-5) and losses[2] == pytest.approx(losses[0], rel=1e-5)
+    for objective, params in PAIRWISE:
+        bound = Bound("objective", objective, params)
+        grads, losses = [], []
+        for mbs in (8, 2, 3):  # 3: pairs packed two rows at a time, never split
+            recipe.train.micro_batch_size = mbs
+            model.zero_grad()
+            out = accumulate_gradients(model, batch, recipe, bound, [])
+            losses.append(out["actor/loss"])
+            grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+        assert grads[0].abs().sum() > 0
+        scale = float(grads[0].abs().max())
+        for other in grads[1:]:
+            torch.testing.assert_close(other, grads[0], rtol=1e-4, atol=1e-5 * scale)
+        assert losses[1] == pytest.approx(losses[0], rel=1e-5) and losses[2] == pytest.approx(losses[0], rel=1e-5)
 
 
 # ---- exact toys ---------------------------------------------------------------------------------------------------
@@ -331,13 +332,14 @@ def test_preference_pairs_from_verifier_reward_matrix_and_judge():
     assert out.rows.pair_ids.tolist() == [0, 0, 1, 1] and out.rows.pair_rank.tolist() == [0, 1, 0, 1]
     assert out.metrics["groups_without_pair_frac"] == pytest.approx(2 / 3)  # groups 1, 2 are all correct
     out = preference_pairs(batch, None, source="reward", pairs_per_group=1)
-    assert out.rows.input_ids[:, 0].tolist() == [0, 1, 4, 5, 6, 7]  # best vs worst per group (ties keep row order)
+    assert out.rows.input_ids[:, 0].tolist() == [0, 2, 4, 5, 6, 7]  # best vs worst per group (stable sort on ties)
     cands = ["a", "b", "c", "d", "e", "f", "g", "h"]
     matrix = [[0.5] * 8 for _ in range(8)]
     matrix[6][7], matrix[7][6] = 0.2, 0.8  # h beats g
     out = preference_pairs(batch, None, source="matrix", matrix=matrix, candidates=cands)
     assert out.rows.input_ids[:, 0].tolist() == [7, 6]  # only the decided comparison becomes a pair
-    out = preference_pairs(batch, None, source="judge", judge=lambda prompt, a, b: 0.9 if a < b else 0.1)
+    out = preference_pairs(batch, None, source="judge", pairs_per_group=2,
+                           judge=lambda prompt, a, b: 0.9 if a < b else 0.1)
     assert out.rows.input_ids[:, 0].tolist() == [0, 1, 2, 3, 4, 5, 6, 7]
     out = preference_pairs(batch, None, source="judge", judge=f"{__name__}:_no_such_judge")
     assert out.metrics["pairs"] == 0 or out.rows is None
@@ -407,7 +409,9 @@ def _strip(rows):
 
 
 def test_inpo_snapshot_is_checkpointed_and_resume_is_identical(tmp_path):
-    ov = FAST + ["train.steps=4", "train.snapshot_every=2", "rollout.n=4", "checkpoint.every=1"]
+    # INPO on replayed offline pairs (every prompt gives a pair, whatever the warm-up reached)
+    ov = ["task={name: preferences, params: {builtin_size: 60}}", "rollout.engine=preference_replay", "rollout.n=2",
+          *FAST, "train.steps=4", "train.snapshot_every=2", "checkpoint.every=1"]
     straight = train(load_recipe(RECIPES_DIR / "inpo.yaml", ov), run_dir=tmp_path / "a", console=lambda *_: None)
     train(load_recipe(RECIPES_DIR / "inpo.yaml", ov), run_dir=tmp_path / "b", stop_after=3, console=lambda *_: None)
     saved = checkpoint.load(checkpoint.latest(tmp_path / "b"))
@@ -417,7 +421,11 @@ def test_inpo_snapshot_is_checkpointed_and_resume_is_identical(tmp_path):
     assert straight["eval_end"] == resumed["eval_end"]
     a, b = _strip(read_metrics(tmp_path / "a")), _strip(read_metrics(tmp_path / "b"))
     assert a == b
-    assert any("actor/prev_margin" in r for r in a)
+    margins = [r["actor/prev_margin"] for r in a if "actor/prev_margin" in r]
+    assert len(margins) == 4
+    # each iteration's first step scores pi_t = the policy itself: its margin against the previous iterate is 0
+    assert margins[0] == pytest.approx(0.0, abs=1e-5) and margins[2] == pytest.approx(0.0, abs=1e-5)
+    assert margins[1] != pytest.approx(0.0, abs=1e-5)
 
 
 def test_offline_dpo_one_command_from_a_jsonl(tmp_path):
