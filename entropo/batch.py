@@ -193,6 +193,7 @@ class Batch:
         if len(batches) == 1:
             return batches[0]
         width = max(b.input_ids.shape[1] for b in batches)
+        batches = _distinct_pair_ids(batches)
         kw: dict[str, Any] = {}
         for f in dataclasses.fields(Batch):
             vals = [getattr(b, f.name) for b in batches]
@@ -211,6 +212,22 @@ class Batch:
             else:
                 kw[f.name] = _cat_padded(vals, width)
         return Batch(**kw)
+
+
+def _distinct_pair_ids(batches: list[Batch]) -> list[Batch]:
+    """When some batches link rows, give every batch pair fields (unlinked: id -1, rank 0) and shift each batch's
+    ids past the previous ones, so pairs from different batches never merge."""
+    if all(b.pair_ids is None for b in batches):
+        return batches
+    out, offset = [], 0
+    for b in batches:
+        ids = b.pair_ids if b.pair_ids is not None else torch.full((b.size,), -1, dtype=torch.long,
+                                                                   device=b.input_ids.device)
+        rank = b.pair_rank if b.pair_rank is not None else torch.zeros_like(ids)
+        shifted = torch.where(ids >= 0, ids + offset, ids)
+        offset = max(offset, int(shifted.max()) + 1) if b.size else offset
+        out.append(dataclasses.replace(b, pair_ids=shifted, pair_rank=rank))
+    return out
 
 
 def _cat_padded(tensors: list[Tensor], width: int) -> Tensor:

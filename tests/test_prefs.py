@@ -438,3 +438,13 @@ def test_offline_dpo_one_command_from_a_jsonl(tmp_path):
     assert rows[0]["actor/pref_margin"] == pytest.approx(0.0, abs=1e-5)  # the policy starts at the reference
     assert rows[0]["actor/loss"] == pytest.approx(math.log(2), abs=1e-4)
     assert "actor/did_entropy" in rows[0]
+
+
+def test_concat_keeps_pairs_from_different_batches_apart():
+    a, _ = _pair_batch([0.0] * 2, [0.0] * 2, [0, 0], [0, 1])
+    b, _ = _pair_batch([0.0] * 4, [0.0] * 4, [0, 1, 1, 0], [1, 0, 1, 0])
+    c, _ = _pair_batch([0.0], [0.0], [-1], [0])
+    c.pair_ids = c.pair_rank = None  # a batch without links: its rows stay unlinked
+    both = Batch.concat([a, c, b])
+    assert both.pair_ids.tolist() == [0, 0, -1, 1, 2, 2, 1] and both.pair_rank.tolist() == [0, 1, 0, 1, 0, 1, 0]
+    assert both.num_comparisons() == 3
