@@ -5,7 +5,8 @@
   the implicit-reward margin Delta = [log pi(y_w) - log pi_ref(y_w)] - [log pi(y_l) - log pi_ref(y_l)] (0 for the
   reference itself) and the preference accuracy P[log pi(y_w) > log pi(y_l)] of the policy vs the SFT reference; plus
   the DID diagnostics (arXiv 2505.23761): the sign of the mean held-out chosen log-likelihood change
-  log pi(y_w) - log pi_ref(y_w) and the candidate-set DID entropy.
+  log pi(y_w) - log pi_ref(y_w) and the candidate-set DID entropy. The same statistics on as many training pairs are
+  reported beside them (not checked), to tell a loss that did not fit from a fit that did not generalise.
 - ``prefs_online`` (runs): online DPO and INPO (arXiv 2407.00617) with verifier-labelled pairs vs GRPO (arXiv
   2402.03300), same SFT warm-up, task, prompts and samples per step (the shipped ``grpo`` recipe's).
 """
@@ -73,6 +74,11 @@ def run_offline(cfg, out_dir: Path, console) -> CustomResult:
         engine = registry.get("engine", "preference_replay")(policy, tok, chat_template=recipe.rollout.chat_template)
         task = make_task(recipe.task, recipe.seed, recipe.task.eval_size, "task")
         stats = heldout_pair_stats(policy.eval(), reference, engine, task.eval_examples())
+        # the same statistics on training pairs (seen in training): tells "did not fit" from "did not generalise"
+        seen = [task.train_example(i) for i in range(min(len(task.eval_examples()), task.train_size()))]
+        train_stats = heldout_pair_stats(policy, reference, engine, seen)
+        stats.update({"train_margin": train_stats["margin"], "train_pref_acc_policy": train_stats["pref_acc_policy"],
+                      "train_pref_acc_reference": train_stats["pref_acc_reference"]})
         per_seed.append(stats)
         console(f"  prefs_offline_dpo seed {seed}: " + ", ".join(f"{k} {v:.3f}" for k, v in stats.items()))
 
