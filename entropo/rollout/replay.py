@@ -16,19 +16,20 @@ from entropo.types import RolloutOutput
 
 @register("engine", "preference_replay", paper="offline DPO data replay (DPO, arXiv 2305.18290)")
 class PreferenceReplayEngine(HFEngine):
-    """Training rollouts replay each example's ``meta["chosen"]`` and ``meta["rejected"]`` as its two rows (in that
-    order; ``rollout.n`` must be 2), with the environment verdict correct / wrong so the ``preference_pairs``
-    producer (source ``verifier``) links them. Responses are the tokenizer's encoding of the text plus EOS, cut to
-    ``max_new_tokens``. Nothing is sampled, so the behaviour log-probs are not the policy's (the trainer scores the
-    rows). Evaluation (``generate``) samples from the policy like ``hf``."""
+    """Training rollouts replay each example's ``meta["chosen"]`` and ``meta["rejected"]`` as its rows: with
+    ``rollout.n`` = 2 one of each (chosen first); a larger n repeats them (row k is the chosen response for even k).
+    The environment verdict is correct / wrong, so the ``preference_pairs`` producer (source ``verifier``) links
+    them. Responses are the tokenizer's encoding of the text plus EOS, cut to ``max_new_tokens``. Nothing is
+    sampled, so the behaviour log-probs are not the policy's (the trainer scores the rows). Evaluation
+    (``generate``) samples from the policy like ``hf``."""
 
     @property
     def records_policy_logprobs(self) -> bool:
         return False
 
     def rollout(self, examples: Sequence[Any], n: int, **sampling: Any) -> RolloutOutput:
-        if n != 2:
-            raise ValueError(f"engine preference_replay replays one chosen and one rejected response per prompt: set "
+        if n < 2:
+            raise ValueError(f"engine preference_replay replays a chosen and a rejected response per prompt: set "
                              f"rollout.n=2 (got {n})")
         max_new = int(sampling.get("max_new_tokens", 64))
         episodes, index = [], []
@@ -37,7 +38,8 @@ class PreferenceReplayEngine(HFEngine):
                 raise ValueError("engine preference_replay needs examples with meta chosen/rejected: use task "
                                  "'preferences'")
             prompt_ids = self.encode_prompt(ex.prompt)
-            for text, good in ((ex.meta["chosen"], True), (ex.meta["rejected"], False)):
+            pair = ((ex.meta["chosen"], True), (ex.meta["rejected"], False))
+            for text, good in (pair[k % 2] for k in range(n)):
                 ids = list(self.tokenizer(text, add_special_tokens=False)["input_ids"]) + self.eos_token_ids[:1]
                 reason = "eos" if len(ids) <= max_new else "length"
                 ids = ids[:max_new]
