@@ -43,6 +43,11 @@ class Batch:
     # REINFORCE rows: 1), put on every response token instead of the estimator's; NaN = the estimator decides
     off_policy: Tensor | None = None  # [B] bool; the response was not sampled from the policy under this row's
     # prompt (a critique refinement trained under the original question): objectives may treat it as a demonstration
+    pair_ids: Tensor | None = None  # [B] long; rows compared with each other (chosen/rejected, or a ranked list)
+    # share an id >= 0; -1 = unlinked. Linked rows stay together through mini-batching and micro-batching (units())
+    pair_rank: Tensor | None = None  # [B] long; rank inside the pair (0 = chosen / best, 1 = rejected, 2 = worse ...)
+    snapshot_logprobs: Tensor | None = None  # [B, L] log-probs under a frozen snapshot of the policy, refreshed every
+    # train.snapshot_every steps (INPO's previous iterate pi_t); only when a component declares needs_snapshot
     reward_terms: dict[str, Tensor] = field(default_factory=dict)  # {reward label: [B] unweighted value}
     extras: dict[str, Tensor] = field(default_factory=dict)  # method-specific per-row tensors [B, ...] (e.g. a
     # whole-batch token selection computed before the update); sliced with the rows like every other tensor
@@ -110,18 +115,77 @@ class Batch:
     def to(self, device: torch.device | str) -> "Batch":
         return self._map(lambda t: t.to(device), lambda xs: xs)
 
+    # ---- linked rows (pairs) -------------------------------------------------------------------------------------
+    def units(self) -> list[Tensor]:
+        """The indivisible row sets, in row order of their first row: each linked pair (rows sharing a
+        ``pair_ids`` value >= 0) is one unit, every other row a unit of its own. Shuffling, mini-batching and
+        micro-batching move whole units, so a pairwise loss always sees both sides of its pairs."""
+        if self.pair_ids is None:
+            return list(torch.arange(self.size).split(1))
+        ids = self.pair_ids.tolist()
+        first: dict[int, list[int]] = {}
+        out: list[list[int]] = []
+        for r, pid in enumerate(ids):
+            if pid < 0:
+                out.append([r])
+            elif pid in first:
+                first[pid].append(r)
+            else:
+                first[pid] = [r]
+                out.append(first[pid])
+        return [torch.tensor(u, dtype=torch.long) for u in out]
+
+    def num_comparisons(self) -> int:
+        """Ordered comparisons (better, worse) inside the linked units: rows of one unit with different
+        ``pair_rank``; 1 per chosen/rejected pair, K(K-1)/2 for a strict ranking of K rows."""
+        if self.pair_ids is None or self.pair_rank is None:
+            return 0
+        total = 0
+        for unit in self.units():
+            if len(unit) > 1:
+                ranks = self.pair_rank[unit]
+                total += int((ranks[:, None] < ranks[None, :]).sum())
+        return total
+
+    def shuffled_units(self, generator: torch.Generator, parts: int) -> list[Tensor]:
+        """Rows split into ``parts`` mini-batches of whole units in a random order (each part's rows sorted).
+
+        Without linked rows this is exactly ``torch.randperm(B, generator).chunk(parts)``, rows sorted per part."""
+        units = self.units()
+        order = torch.randperm(len(units), generator=generator)
+        return [torch.cat([units[int(u)] for u in chunk]).sort().values for chunk in order.chunk(parts)]
+
+    def _pack(self, order: list[Tensor], micro_batch_size: int) -> list[Tensor]:
+        """Consecutive units packed greedily into chunks of at most ``micro_batch_size`` rows (a unit larger than
+        that is a chunk of its own); without linked rows, chunks of exactly ``micro_batch_size`` rows."""
+        chunks: list[list[Tensor]] = []
+        rows = 0
+        for unit in order:
+            if not chunks or rows + len(unit) > micro_batch_size:
+                chunks.append([])
+                rows = 0
+            chunks[-1].append(unit)
+            rows += len(unit)
+        return [torch.cat(c) for c in chunks]
+
     def split(self, micro_batch_size: int) -> list["Batch"]:
-        """Consecutive chunks of at most ``micro_batch_size`` rows."""
-        return [self.select(list(range(i, min(i + micro_batch_size, self.size)))) for i in range(0, self.size, micro_batch_size)]
+        """Consecutive chunks of at most ``micro_batch_size`` rows (whole units: pairs are never separated)."""
+        return [self.select(rows) for rows in self._pack(self.units(), micro_batch_size)]
 
     def split_by_length(self, micro_batch_size: int) -> list[tuple[Tensor, "Batch"]]:
         """Micro-batches of rows of similar length, each with its row indices into this batch.
 
         Rows sorted by their number of real tokens share micro-batches, so each one spans few padded columns (the
-        log-prob pass runs the model only over columns some row uses). Sums over micro-batches are unchanged."""
+        log-prob pass runs the model only over columns some row uses). Sums over micro-batches are unchanged.
+        Linked rows (pairs) move as one unit, sorted by their longest row."""
         lengths = self.attention_mask.sum(-1).cpu()
-        order = torch.sort(lengths, stable=True).indices
-        return [(rows, self.select(rows)) for rows in order.split(micro_batch_size)]
+        if self.pair_ids is None:
+            order = torch.sort(lengths, stable=True).indices
+            return [(rows, self.select(rows)) for rows in order.split(micro_batch_size)]
+        units = self.units()
+        longest = torch.tensor([int(lengths[u].max()) for u in units])
+        order = [units[int(i)] for i in torch.sort(longest, stable=True).indices]
+        return [(rows, self.select(rows)) for rows in self._pack(order, micro_batch_size)]
 
     @staticmethod
     def concat(batches: list["Batch"]) -> "Batch":
@@ -129,6 +193,7 @@ class Batch:
         if len(batches) == 1:
             return batches[0]
         width = max(b.input_ids.shape[1] for b in batches)
+        batches = _distinct_pair_ids(batches)
         kw: dict[str, Any] = {}
         for f in dataclasses.fields(Batch):
             vals = [getattr(b, f.name) for b in batches]
@@ -147,6 +212,22 @@ class Batch:
             else:
                 kw[f.name] = _cat_padded(vals, width)
         return Batch(**kw)
+
+
+def _distinct_pair_ids(batches: list[Batch]) -> list[Batch]:
+    """When some batches link rows, give every batch pair fields (unlinked: id -1, rank 0) and shift each batch's
+    ids past the previous ones, so pairs from different batches never merge."""
+    if all(b.pair_ids is None for b in batches):
+        return batches
+    out, offset = [], 0
+    for b in batches:
+        ids = b.pair_ids if b.pair_ids is not None else torch.full((b.size,), -1, dtype=torch.long,
+                                                                   device=b.input_ids.device)
+        rank = b.pair_rank if b.pair_rank is not None else torch.zeros_like(ids)
+        shifted = torch.where(ids >= 0, ids + offset, ids)
+        offset = max(offset, int(shifted.max()) + 1) if b.size else offset
+        out.append(dataclasses.replace(b, pair_ids=shifted, pair_rank=rank))
+    return out
 
 
 def _cat_padded(tensors: list[Tensor], width: int) -> Tensor:

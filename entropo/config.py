@@ -188,6 +188,10 @@ class TrainConfig(_Section):
         None, description="A controller with a stop_update(metrics) method (e.g. kl_early_stop), asked after each "
         "mini-batch's backward pass: when it says stop, that optimizer step is skipped and the RL step's remaining "
         "mini-batches and epochs are not run (metric actor/early_stopped).")
+    snapshot_every: int = Field(
+        0, ge=0, description="Steps between frozen snapshots of the policy (the previous iterate pi_t, scored into "
+        "Batch.snapshot_logprobs) for components that declare needs_snapshot (INPO); 0 = none. A snapshot is taken at "
+        "the start of steps 0, snapshot_every, 2*snapshot_every, ... and checkpointed.")
     logprob_chunk_size: int = Field(1024, ge=1, description="Tokens per chunk in the log-prob/entropy pass.")
     activation_checkpointing: bool = Field(
         False, description="Recompute each decoder layer's activations in the backward pass instead of keeping them: "
@@ -327,7 +331,14 @@ class Recipe(_Section):
         for spec in self.regularizers:
             if registry.meta("regularizer", spec.name).get("needs_ref") and (spec.coef != 0 or spec.controller):
                 return True
+        if registry.meta("objective", self.objective.name).get("needs_ref"):  # e.g. DPO's log-ratio to pi_ref
+            return True
         return any(registry.meta("shaping", s.name).get("needs_ref") for s in self.shaping)
+
+    def needs_snapshot(self) -> bool:
+        """True when the objective declares ``needs_snapshot`` (log-probs of a periodically refreshed frozen copy of
+        the policy, ``train.snapshot_every``); check_components insists on snapshot_every > 0 then."""
+        return bool(registry.meta("objective", self.objective.name).get("needs_snapshot"))
 
 
 # ---- component-name and params checks -------------------------------------------------------------------------------
@@ -403,6 +414,9 @@ def check_components(recipe: Recipe) -> None:
     for i, p in enumerate(recipe.producers):
         c("producer", p, f"producers.{i}", _DATA_ARGS["producer"])
     c("objective", recipe.objective, "objective", _DATA_ARGS["objective"])
+    if recipe.needs_snapshot() and recipe.train.snapshot_every == 0:
+        raise ConfigError(f"train.snapshot_every: objective {recipe.objective.name!r} needs a snapshot of the policy "
+                          f"(the previous iterate); set train.snapshot_every to the steps per iteration, e.g. 10")
     for i, r in enumerate(recipe.regularizers):
         c("regularizer", r, f"regularizers.{i}", _DATA_ARGS["regularizer"])
         if r.controller is not None:

@@ -229,6 +229,10 @@ def accumulate_gradients(model, mini: Batch, recipe: Recipe, objective: Bound, r
     micro-batch losses is exactly the mini-batch loss (tests/test_trainer.py checks this for every mode). In a
     data-parallel run ``mini`` is this process's share of the rows of ``whole`` (the global mini-batch, whose
     denominators every process uses) and the metrics are summed over processes (entropo/distributed.py).
+
+    An objective registered with ``level="pair"`` (pairwise preference losses) returns a per-row loss [B] instead of
+    a per-token one (each comparison's loss on one of its rows); it is summed and divided by the number of
+    comparisons in the whole mini-batch (``Batch.num_comparisons``), so accumulation is exact for it too.
     """
     agg = recipe.aggregation
     dist = dist or Dist()
@@ -236,6 +240,8 @@ def accumulate_gradients(model, mini: Batch, recipe: Recipe, objective: Bound, r
     norm_length = agg.norm_length or recipe.rollout.max_new_tokens
     total_tokens = whole.response_mask.sum()
     total_seqs = (whole.response_mask.sum(-1) > 0).sum()
+    pair_level = objective.meta.get("level") == "pair"
+    total_pairs = max(whole.num_comparisons(), 1) if pair_level else 0
     token_fns = merged_token_fns([objective] + [r.component for r in regs])
     sums: dict[str, float] = {}
     weight_total = 0.0
@@ -254,7 +260,10 @@ def accumulate_gradients(model, mini: Batch, recipe: Recipe, objective: Bound, r
                                             extras=extras, micro_batch=micro)
         denominators = dict(response_mask=micro.response_mask, total_tokens=total_tokens, total_seqs=total_seqs,
                             norm_length=norm_length)
-        loss = ops.aggregate(per_token_loss, micro.token_weights, agg.mode, **denominators)
+        if pair_level:  # a per-row loss [B]: mean over the mini-batch's comparisons
+            loss = per_token_loss.sum() / total_pairs
+        else:
+            loss = ops.aggregate(per_token_loss, micro.token_weights, agg.mode, **denominators)
         metrics = {f"actor/{k}": float(v) for k, v in metrics.items()}
         pg_loss_sum += float(loss.detach())
         seq_log_ratio_sum += float(((logprobs.detach() - micro.old_logprobs) * micro.response_mask).sum())
@@ -289,6 +298,11 @@ def accumulate_gradients(model, mini: Batch, recipe: Recipe, objective: Bound, r
     return out
 
 
+def process_rows(mini: Batch, dist: Dist) -> list[int]:
+    """This process's rows of a mini-batch: every ``world``-th unit (a linked pair stays in one process)."""
+    return sorted(r for unit in mini.units()[dist.rank::dist.world] for r in unit.tolist())
+
+
 def policy_update(model, optimizer, scheduler, batch: Batch, recipe: Recipe, objective: Bound,
                   regs: list[Regularizer], generator: torch.Generator, early_stop: Any | None = None,
                   dist: Dist | None = None) -> dict[str, float]:
@@ -306,11 +320,10 @@ def policy_update(model, optimizer, scheduler, batch: Batch, recipe: Recipe, obj
     for _epoch in range(recipe.train.ppo_epochs):
         if stopped:
             break
-        order = torch.randperm(batch.size, generator=generator)
-        for rows in order.chunk(recipe.train.mini_batches):
-            mini = batch.select(rows.sort().values)
+        for rows in batch.shuffled_units(generator, recipe.train.mini_batches):  # linked pairs stay together
+            mini = batch.select(rows)
             optimizer.zero_grad(set_to_none=True)
-            mine = mini.select(list(range(dist.rank, mini.size, dist.world))) if dist.enabled else mini
+            mine = mini.select(process_rows(mini, dist)) if dist.enabled else mini
             metrics = accumulate_gradients(model, mine, recipe, objective, regs, whole=mini, dist=dist)
             if not metrics:
                 continue
@@ -507,6 +520,7 @@ class Run:
     # with rollout.shards > 1: each owned shard's own generator (rollout_gen then serves components and producers,
     # identically in every process)
     shard_gens: dict[int, torch.Generator] = field(default_factory=dict)
+    snapshot: Any = None  # PolicySnapshot when a component needs_snapshot (INPO's previous iterate)
 
     def sample(self, examples: list[Example], n: int, temperature: float) -> tuple[Batch, dict[str, Any]]:
         """Play and score n episodes per example as the loop does (group ids continue the run's numbering)."""
@@ -574,6 +588,8 @@ def train(recipe: Recipe, *, run_dir: str | Path | None = None, resume: bool = F
         t_step = time.perf_counter()
         run.model.eval()  # no dropout while sampling and scoring
         ctx = run.step_ctx(step)
+        if run.snapshot is not None:
+            run.snapshot.refresh(run.model, step)  # the previous iterate, every train.snapshot_every steps
         batch, metrics = rollout_phase(run, ctx)
         if batch is not None:
             metrics["time/score_s"] = timed(score_phase, run, batch)
@@ -695,11 +711,39 @@ def setup(recipe: Recipe, run_dir: str | Path | None, resume: bool, console: Cal
             run.state.eval_start = evaluate(engine, task, run.eval_examples, recipe, recipe.seed + 3,
                                             run.environment)
     run.logger.truncate_after(run.state.step - 1)  # drop rows of steps this run will (re)do: each step is logged once
+    if recipe.needs_snapshot():
+        run.snapshot = PolicySnapshot(run.model, recipe.train.snapshot_every, recipe.model.dtype, run.device)
+        if latest is not None and saved.get("snapshot") is not None:
+            run.snapshot.load_state_dict(saved["snapshot"])
     run.ref_model = load_reference_model(run, fresh=latest is None)
     dist.barrier()  # rank 0 has prepared the run directory (recipe, reference, LoRA base) before anyone goes on
     if run.ref_model is not None and lora is not None and recipe.model.reference is None:
         run.ref_scope = lora.disabled
     return run
+
+
+class PolicySnapshot:
+    """A frozen copy of the policy, refreshed every ``every`` steps (at the start of steps 0, every, 2·every, ...):
+    the previous iterate pi_t of iterative methods (INPO, arXiv 2407.00617). Its log-probs fill
+    ``Batch.snapshot_logprobs`` in the score phase; its weights and the step they were taken at are checkpointed, so a
+    resume in the middle of an iteration keeps the same pi_t."""
+
+    def __init__(self, policy, every: int, dtype, device):
+        self.every = int(every)
+        self.model = models.load_reference(policy, dtype=dtype, device=device)
+        self.taken_at = 0
+
+    def refresh(self, policy, step: int) -> None:
+        if step % self.every == 0 and step != self.taken_at:
+            self.model.load_state_dict(policy.state_dict())
+            self.taken_at = step
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"taken_at": self.taken_at, "model": self.model.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.taken_at = int(state["taken_at"])
+        self.model.load_state_dict(state["model"])
 
 
 LORA_BASE = "lora_base.pt"  # the base weights after a warm-up was folded in (a resume needs them)
@@ -773,6 +817,8 @@ def rollout_phase(run: Run, ctx: StepContext) -> tuple[Batch | None, dict[str, A
         return None, metrics
     batch, produced = add_produced_rows(run, Batch.concat(kept), run.rollout_ctx(ctx))
     metrics.update(produced)
+    if batch.size == 0:  # producers displaced every row (e.g. no preference pair could be formed)
+        return None, metrics
     return batch, metrics
 
 
@@ -852,6 +898,8 @@ def score_phase(run: Run, batch: Batch) -> None:
     if run.ref_model is not None:
         with run.ref_scope():
             batch.ref_logprobs, _, _ = score_sharded(run, run.ref_model, batch, **score_kw)
+    if run.snapshot is not None:
+        batch.snapshot_logprobs, _, _ = score_sharded(run, run.snapshot.model, batch, **score_kw)
 
 
 def score_sharded(run: Run, model, batch: Batch, **kw):
@@ -1063,6 +1111,7 @@ def save_checkpoint(run: Run) -> Path | None:
         "components": [c.state_dict() for c in run.components],
         "auxiliaries": [aux.state_dict() for aux in run.auxiliaries],  # learned auxiliaries with their optimizers
         "early_stop": run.early_stop.state_dict() if run.early_stop is not None else None,
+        "snapshot": run.snapshot.state_dict() if run.snapshot is not None else None,
         "engine": run.engine.state_dict(),
         "run_state": vars(run.state).copy(),
         "rng": ckpt.rng_state(),

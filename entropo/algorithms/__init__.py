@@ -33,3 +33,4 @@ from entropo.algorithms import (  # noqa: F401
     tppo,
 )
 from entropo.algorithms import alphaopt, conformal_ip  # noqa: F401  (program recipes: entropo run)
+from entropo.algorithms import preferences  # noqa: F401  (dpo, ipo, inpo, preference_pairs)
