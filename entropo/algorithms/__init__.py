@@ -33,3 +33,4 @@ from entropo.algorithms import (  # noqa: F401
     tppo,
 )
 from entropo.algorithms import alphaopt, conformal_ip  # noqa: F401  (program recipes: entropo run)
+from entropo.search import expert  # noqa: F401  (program recipe expert_iteration: entropo run)
