@@ -17,14 +17,17 @@ arXiv 2405.00451. Checked against the official code (YuxiXie/MCTS-DPO, ``mcts_rl
   ``V = Σ_c max(1, N_c)·Q_c / Σ_c max(1, N_c)`` over its children, ``N += 1``, and (if not the root) ``Q = r + γ·V``;
 - the search runs ``4·n_iters`` iterations from the root and ``n_iters`` from each later node, then moves to the
   child with the most visits (MCTS temperature 0) and repeats until a terminal node;
-- pairs: at every node of the chosen path with two or more children, the children sorted by ``Q`` give chosen = the
-  highest, rejected = the lowest (``choose_worst``); each child's completion runs on through single-child chains;
-  confidence ``c = 1 / (1 + N_rejected / max(1, N_chosen))`` (``calculate_preference_confidence``) and the
-  "conservative" DPO label smoothing ``ε = min(1 - c, 0.5)``.
+- pairs (``post_tree_construct``/``tsrl_step``): at every node of the chosen path with two or more children, the
+  children sorted by ``(Q, π, r, v, N)`` (π: the move distribution, at temperature 0 one-hot on the most visited)
+  give chosen = the last, rejected = the first (``choose_worst``); each child's completion runs on through
+  single-child chains; with ``conservative`` the DPO loss is label-smoothed by ``ε = min(1 - c, 0.5)``,
+  ``c = 1 / (1 + N_rejected / max(1, N_chosen))`` from the two children's visit counts
+  (``calculate_preference_confidence`` in ``mcts_rl/utils.py``; the counts are the ``init_values`` of the pair).
 
 Choices of this code where the official one differs or is silent: the moved-to child is the most visited one, ties
 to the higher Q (the official also multiplies visits by a "diversity" factor of the grandchildren's visit spread);
-siblings with equal Q (no preference) or identical token ids give no pair; the root's value is 0 (no evaluator call).
+by default (``skip_ties=True``) siblings with equal Q (no preference: the official code still pairs them, ordered
+by the tie-breaks above) or identical token ids give no pair; the root's value is 0 (no evaluator call).
 """
 
 from __future__ import annotations
@@ -197,16 +200,18 @@ def _completion(node: Node) -> list[int]:
     return ids
 
 
-def tree_pairs(chosen_path: list[Node]) -> list[StepPair]:
-    """MCTS-DPO's pairs along the chosen path (root first): at each node with >= 2 children, max-Q vs min-Q child."""
+def tree_pairs(chosen_path: list[Node], skip_ties: bool = True) -> list[StepPair]:
+    """MCTS-DPO's pairs along the chosen path (root first): at each node with >= 2 children, the child ranked
+    highest by ``(Q, π, r, v, N)`` vs the lowest (π = 1 for the most visited child, the first among equals)."""
     pairs = []
     for node in chosen_path:
         kids = node.children or []
         if len(kids) < 2:
             continue
-        order = sorted(kids, key=lambda c: c.Q)  # stable: among equal Q the earlier child sorts first
+        moved = max(kids, key=lambda c: (c.N, c.Q))  # the child the search moves to: π = 1 at temperature 0
+        order = sorted(kids, key=lambda c: (c.Q, c is moved, c.r, c.value, c.N))  # stable on full ties
         worst, best = order[0], order[-1]
-        if best.Q == worst.Q:
+        if skip_ties and best.Q == worst.Q:
             continue
         chosen, rejected = _completion(best), _completion(worst)
         if chosen == rejected:

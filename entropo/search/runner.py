@@ -99,14 +99,19 @@ def load_target(target: str, *, task: str | None, task_params: dict | None, eval
     from entropo import models, registry
     from entropo.rollout.hf import HFEngine
 
-    recipe = None
-    try:
-        from entropo.api import _recipe_file, load_recipe
+    from entropo.api import _recipe_file, load_recipe
+    from entropo.config import ConfigError
 
-        recipe = load_recipe(_recipe_file(target), overrides)
-    except Exception as e:  # noqa: BLE001 - not a recipe: a model
+    here = Path(target)
+    try:
+        if here.exists() and not (here.is_file() and here.suffix in (".yaml", ".yml")):
+            raise ConfigError("a model folder or file")
+        recipe_path = _recipe_file(target)
+    except ConfigError:  # not a recipe: a model name or path
+        recipe_path = None
         if overrides:
-            raise ValueError(f"--set needs a recipe target; {target!r} is not one ({e})") from None
+            raise ValueError(f"--set needs a recipe target; {target!r} is not a recipe file or shipped recipe") from None
+    recipe = load_recipe(recipe_path, overrides) if recipe_path is not None else None
     if recipe is not None:
         torch.manual_seed(recipe.seed)
         model, tokenizer = models.load(recipe.model.name_or_path, dtype=recipe.model.dtype,

@@ -8,7 +8,8 @@ the ``"lines"`` rule of ``entropo.algorithms.segments``; the delimiter token bel
 ``max_steps`` steps or ``max_tokens`` response tokens (the verifier then judges what is there).
 
 ``StepSampler`` counts every token it samples in ``tokens``: search strategies and scorers (Monte-Carlo rollouts)
-generate through the same sampler, so the count difference around a search is that search's exact generation cost.
+generate through the same sampler, so the count difference around a search is that search's exact generation cost
+(tokens sampled past ``max_steps`` by ``complete`` are dropped from the partial but still counted: they were generated).
 """
 
 from __future__ import annotations
@@ -82,7 +83,7 @@ class StepSampler:
     max_tokens: int = 64
     delimiter: str = "\n"
     tokens: int = 0  # every token sampled through this sampler
-    _delimiter_ids: set[int] | None = field(default=None, repr=False)
+    _is_delim: dict[int, bool] = field(default_factory=dict, repr=False)
 
     def __post_init__(self):
         if self.max_step_tokens < 1 or self.max_steps < 1 or self.max_tokens < 1:
@@ -109,13 +110,11 @@ class StepSampler:
         return out
 
     def _is_delimiter(self, token_id: int) -> bool:
-        if self._delimiter_ids is None:
-            self._delimiter_ids = set()
-        tok = self.engine.tokenizer
-        text = tok.decode([token_id], skip_special_tokens=True)
-        if self.delimiter in text:
-            self._delimiter_ids.add(token_id)
-        return token_id in self._delimiter_ids
+        """Whether the token's own text contains the delimiter (decoded once per id; special tokens never do)."""
+        if token_id not in self._is_delim:
+            text = self.engine.tokenizer.decode([token_id], skip_special_tokens=True)
+            self._is_delim[token_id] = self.delimiter in text
+        return self._is_delim[token_id]
 
     def _child(self, parent: Partial, step: Step) -> Partial:
         steps = parent.steps + (step,)

@@ -95,7 +95,7 @@ def run_seed(seed: int, cfg, out_dir: Path, console) -> dict[str, Any]:
     # MCTS-DPO step pairs on training prompts (what an offline DPO recipe would train on)
     records, found = [], 0
     for j in range(PAIR_PROMPTS):
-        ex = task.train_example(10_000 + j)
+        ex = task.train_example(task.train_size() - 1 - j)  # the far end: expert iteration starts at 0
         row = search_one("mcts", ex, engine, task, seed=stable_seed(seed, "pairs", j), scorer="outcome",
                          sampler_params=SAMPLER, params=budget_params("mcts", 2))
         found += row["correct"]
