@@ -223,7 +223,8 @@ def test_sampler_token_accounting_and_prefix_ids(world):
     assert s.tokens == sum(k.num_tokens for k in kids)
     for k in kids:
         assert k.ids[:len(start.ids)] == start.ids and len(k.steps) == 1
-        assert k.num_tokens <= 6 and (k.steps[0].finish != "stop" or engine.tokenizer.decode(k.steps[0].ids)[-1] == "\n")
+        assert k.num_tokens <= 6
+        assert k.steps[0].finish != "stop" or engine.tokenizer.decode(k.steps[0].ids)[-1] == "\n"
     before = s.tokens
     parent = next(k for k in kids if not k.finished) if any(not k.finished for k in kids) else None
     grand = s.next_steps([parent], 2)[0] if parent is not None else []
@@ -338,3 +339,28 @@ def test_sft_on_ids_trains_the_response_only(world):
     resp1, _ = nll()
     assert resp1 < 0.3 * resp0 and out["loss"] < zero["loss"]
     assert sft_on_ids(model, [], steps=5, batch_size=2, lr=1e-2, seed=0, pad_id=0)["time"] == 0.0
+
+
+def test_run_search_writes_consistent_results(tmp_path):
+    from typer.testing import CliRunner
+
+    from entropo import registry
+    from entropo.cli import app
+    from entropo.search.runner import run_search
+
+    res = run_search("tiny", tmp_path, task="arith_chain", strategies=["greedy", "best_of_n"], budgets=[2],
+                     eval_size=2, max_tokens=8, console=lambda *_: None)
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert (tmp_path / "accuracy_vs_tokens.png").stat().st_size > 0
+    task = registry.get("task", "arith_chain")(seed=0, eval_size=2)
+    for point in saved["points"]:
+        rows = point["rows"]
+        assert point["tokens"] == pytest.approx(sum(r["tokens"] for r in rows) / 2)
+        assert point["accuracy"] == sum(task.correct(r["text"], e) for r, e in zip(rows, task.eval_examples())) / 2
+        assert all(r["tokens"] <= 8 * point["params"].get("n", 1) for r in rows)  # the response budget bounds cost
+    assert [p["strategy"] for p in res["points"]] == ["greedy", "best_of_n"]
+    out = CliRunner().invoke(app, ["search", "tiny", "--task", "arith_chain", "--budget", "1,x", "--out",
+                                   str(tmp_path / "bad")])
+    assert out.exit_code == 2 and "--budget" in out.output
+    with pytest.raises(ValueError, match="unknown strategy"):
+        run_search("tiny", tmp_path / "x", task="arith_chain", strategies=["dfs"], console=lambda *_: None)

@@ -14,7 +14,8 @@ arXiv 2405.00451. Checked against the official code (YuxiXie/MCTS-DPO, ``mcts_rl
   ``n_actions`` children at once, each valued), back up the path if it is not the root, descend to its PUCT child;
   finally back up the whole path once more;
 - backup: the leaf gets ``Q = r + γ·V`` and ``N += 1``; every ancestor, bottom-up, gets
-  ``V = Σ_c max(1, N_c)·Q_c / Σ_c max(1, N_c)`` over its children, ``N += 1``, and (if not the root) ``Q = r + γ·V``;
+  ``V = Σ_c max(1, N_c)·Q_c / Σ_c max(1, N_c)`` over its children, ``N += 1``, and (if not the root)
+  ``Q = r + γ·V``;
 - the search runs ``4·n_iters`` iterations from the root and ``n_iters`` from each later node, then moves to the
   child with the most visits (MCTS temperature 0) and repeats until a terminal node;
 - pairs (``post_tree_construct``/``tsrl_step``): at every node of the chosen path with two or more children, the

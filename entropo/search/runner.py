@@ -110,7 +110,8 @@ def load_target(target: str, *, task: str | None, task_params: dict | None, eval
     except ConfigError:  # not a recipe: a model name or path
         recipe_path = None
         if overrides:
-            raise ValueError(f"--set needs a recipe target; {target!r} is not a recipe file or shipped recipe") from None
+            raise ValueError(f"--set needs a recipe target; {target!r} is not a recipe file or shipped "
+                             "recipe") from None
     recipe = load_recipe(recipe_path, overrides) if recipe_path is not None else None
     if recipe is not None:
         torch.manual_seed(recipe.seed)

@@ -1,9 +1,10 @@
 """Reproduction experiment of search and search-then-learn (suite ``preferences``, kind="custom"):
 
 ``search_vs_tokens``: on held-out 3-step arithmetic chains (task ``arith_chain``, recipe ``search_tiny``: the tiny
-model after its cached SFT warm-up, once per seed), accuracy vs generated tokens of greedy decoding, best-of-N, step-level
-beam search and MCTS (MCTS-DPO's PUCT/backup), each at budgets 1, 2, 4, guided by the task's verifier (an oracle on
-held-out problems: it reads the gold answer); best-of-N and beam also with the model's own log-prob (no answer read);
+model after its cached SFT warm-up, once per seed), accuracy vs generated tokens of greedy decoding, best-of-N,
+step-level beam search and MCTS (MCTS-DPO's PUCT/backup), each at budgets 1, 2, 4, guided by the task's verifier (an
+oracle on held-out problems: it reads the gold answer); best-of-N and beam also with the model's own log-prob (no
+answer read);
 then expert iteration (best-of-4 search on fresh training prompts → keep verified answers → SFT) for 2 iterations,
 measured by held-out greedy accuracy; and the MCTS-DPO step pairs its searches produce on training prompts, written to
 ``OUT/custom/search_vs_tokens/seed<k>/mcts_pairs.jsonl`` for an offline DPO recipe.
@@ -164,7 +165,8 @@ def run(cfg, out_dir: Path, console) -> CustomResult:
              "held-out a+b+c+d chains per seed; steps are lines; budgets 1/2/4 = best-of-N n, beam width (2 "
              "proposals per beam), MCTS iterations per move (4x at the root, 2 actions per expansion). Tokens count "
              "every generated token (policy samples and, for MCTS/beam, all expanded steps).", "",
-             "| strategy (scorer) | budget | accuracy (mean ± sd over seeds) | tokens / problem |", "|---|---|---|---|"]
+             "| strategy (scorer) | budget | accuracy (mean ± sd over seeds) | tokens / problem |",
+             "|---|---|---|---|"]
     for family, label in (("verifier", "verifier"), ("logprob", "log-prob")):
         for p in per_seed[0][family]:
             s, b = p["strategy"], p["budget"]
