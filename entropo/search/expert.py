@@ -13,6 +13,7 @@ Also a program recipe: ``entropo run expert_iteration`` (``expert_iteration_prog
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -63,11 +64,15 @@ def greedy_accuracy(engine, task, examples, max_tokens: int = 64) -> float:
 
 def expert_iteration(engine, task, *, iterations: int = 2, prompts_per_iter: int = 64, strategy: str = "best_of_n",
                      strategy_params: dict | None = None, scorer: str = "outcome", sft_steps: int = 60,
-                     sft_batch_size: int = 32, sft_lr: float = 1e-3, eval_examples: list | None = None,
+                     sft_batch_size: int = 32, sft_lr: float = 1e-3, sft_epochs: float | None = None,
+                     eval_examples: list | None = None,
                      sampler_params: dict | None = None, seed: int = 0,
                      console: Callable[[str], None] = print) -> list[dict[str, Any]]:
     """Run the loop on ``engine.model`` in place; one row per iteration (iteration 0 = before any update) with the
-    held-out greedy accuracy, the search's train accuracy, kept examples and tokens spent searching."""
+    held-out greedy accuracy, the search's train accuracy, kept examples and tokens spent searching.
+
+    SFT length: ``sft_steps`` steps of ``sft_batch_size`` rows, or, with ``sft_epochs``, as many steps as make that
+    many passes over the kept rows (``ceil(sft_epochs · kept / sft_batch_size)``)."""
     from entropo.search.runner import search_one
 
     max_tokens = (sampler_params or {}).get("max_tokens", 64)
@@ -85,11 +90,13 @@ def expert_iteration(engine, task, *, iterations: int = 2, prompts_per_iter: int
             if row["correct"]:
                 found += 1
                 kept.append((list(row["partial"].prompt_ids), row["partial"].response_ids))
-        fit = sft_on_ids(engine.model, kept, steps=sft_steps if kept else 0, batch_size=sft_batch_size, lr=sft_lr,
+        steps = sft_steps if sft_epochs is None else math.ceil(sft_epochs * len(kept) / sft_batch_size)
+        fit = sft_on_ids(engine.model, kept, steps=steps if kept else 0, batch_size=sft_batch_size, lr=sft_lr,
                          seed=stable_seed(seed, "expert-sft", it), pad_id=engine.pad_token_id)
         acc = greedy_accuracy(engine, task, eval_examples, max_tokens)
         history.append({"iteration": it, "eval_greedy": acc, "search_train_accuracy": found / len(examples),
-                        "kept": len(kept), "search_tokens": tokens, "sft_loss": fit["loss"]})
+                        "kept": len(kept), "search_tokens": tokens, "sft_steps": steps if kept else 0,
+                        "sft_loss": fit["loss"]})
         console(f"  expert iteration {it}: search found {found}/{len(examples)}, SFT loss {fit['loss']:.3f}, "
                 f"held-out greedy accuracy {acc:.3f}")
     return history
@@ -99,7 +106,8 @@ def expert_iteration(engine, task, *, iterations: int = 2, prompts_per_iter: int
 def expert_iteration_program(out_dir: Path, seed: int, console: Callable[[str], None], recipe: str = "search_tiny",
                              iterations: int = 2, prompts_per_iter: int = 64, strategy: str = "best_of_n",
                              budget: int = 4, scorer: str = "outcome", sft_steps: int = 60, sft_lr: float = 1e-3,
-                             eval_size: int = 64, max_tokens: int = 40) -> dict[str, Any]:
+                             sft_epochs: float | None = None, eval_size: int = 64,
+                             max_tokens: int = 40) -> dict[str, Any]:
     """``entropo run expert_iteration``: warm up the ``recipe``'s model, then expert iteration; returns per-iteration
     rows (also plotted to OUT/expert_iteration.png)."""
     from entropo.search.runner import load_target
@@ -109,7 +117,8 @@ def expert_iteration_program(out_dir: Path, seed: int, console: Callable[[str], 
                                seed=seed, console=console)
     history = expert_iteration(engine, task, iterations=iterations, prompts_per_iter=prompts_per_iter,
                                strategy=strategy, strategy_params=budget_params(strategy, budget), scorer=scorer,
-                               sft_steps=sft_steps, sft_lr=sft_lr, eval_examples=task.eval_examples()[:eval_size],
+                               sft_steps=sft_steps, sft_lr=sft_lr, sft_epochs=sft_epochs,
+                               eval_examples=task.eval_examples()[:eval_size],
                                sampler_params={"max_tokens": max_tokens}, seed=seed, console=console)
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     (Path(out_dir) / "history.json").write_text(json.dumps(history, indent=1))

@@ -28,8 +28,10 @@ ARMS: dict[str, Arm] = {}  # custom experiment: no trainer-run arms
 PAPER = ("Scaling of Search and Learning: A Roadmap to Reproduce o1 (arXiv 2412.14135); MCTS-DPO (arXiv 2405.00451)")
 BUDGETS = (1, 2, 4)
 SAMPLER = {"temperature": 1.0, "max_step_tokens": 16, "max_steps": 6, "max_tokens": 40}
-EXPERT = {"iterations": 2, "prompts_per_iter": 64, "strategy": "best_of_n", "budget": 4, "sft_steps": 60,
-          "sft_lr": 1e-3}
+EXPERT = {"iterations": 2, "prompts_per_iter": 64, "strategy": "best_of_n", "budget": 4, "sft_lr": 1e-3}
+# the pre-declared setting (60 SFT steps of 32 rows per iteration, ~90 passes over ~20 kept answers: it overfits) and
+# a second one added after seeing that: 2 passes over the kept answers per iteration
+EXPERTS = {"steps60": {**EXPERT, "sft_steps": 60}, "epochs2": {**EXPERT, "sft_epochs": 2}}
 PAIR_PROMPTS = 16  # training prompts searched by MCTS for the pair file
 SUITE_OVERRIDES = ["logging.progress=false", "logging.tensorboard=false", "logging.plots=false", "checkpoint.every=0",
                    "checkpoint.keep=1", "eval.max_prompts=16"]
@@ -61,8 +63,21 @@ def _engine(path: Path):
     return HFEngine(model, tokenizer, chat_template=False)
 
 
+def _cached(path: Path, key: dict, compute, console) -> dict:
+    """``compute()``'s result, stored in ``path`` with ``key``; reused when the key matches (reruns are cheap)."""
+    key = json.loads(json.dumps(key))
+    if path.exists():
+        data = json.loads(path.read_text())
+        if data.get("key") == key:
+            console(f"  reusing {path}")
+            return data
+    data = {"key": key, **compute()}
+    path.write_text(json.dumps(data, indent=1))
+    return data
+
+
 def run_seed(seed: int, cfg, out_dir: Path, console) -> dict[str, Any]:
-    """Every measurement of one seed; cached in OUT/seed<k>/result.json (a rerun into the same dir reuses it)."""
+    """Every measurement of one seed, cached per part in OUT/seed<k>/ (search.json, expert_<setting>.json)."""
     from entropo import registry
     from entropo.search.expert import expert_iteration
     from entropo.search.mcts import write_pairs_jsonl
@@ -72,51 +87,64 @@ def run_seed(seed: int, cfg, out_dir: Path, console) -> dict[str, Any]:
 
     d = out_dir / f"seed{seed}"
     d.mkdir(parents=True, exist_ok=True)
-    cached = d / "result.json"
     n_eval = max(8, cfg.eval_size // 2)
-    key = {"n_eval": n_eval, "budgets": BUDGETS, "sampler": SAMPLER, "expert": EXPERT, "pairs": PAIR_PROMPTS}
-    if cached.exists():
-        data = json.loads(cached.read_text())
-        if data.get("key") == json.loads(json.dumps(key)):
-            console(f"  search seed {seed}: reusing {cached}")
-            return data
     path = _warm_model(seed, out_dir, console)
-    engine = _engine(path)
     task = registry.get("task", "arith_chain")(seed=seed, eval_size=128, digits=1, num_terms=4)
-    held_out = task.eval_examples()[:n_eval]
-    console(f"  search seed {seed}: verifier-guided search on {n_eval} held-out problems")
-    oracle = compare(engine, task, held_out, ["greedy", "best_of_n", "beam", "mcts"], list(BUDGETS), seed=seed,
-                     scorer="outcome", sampler_params=SAMPLER, console=console)
-    console(f"  search seed {seed}: log-prob-guided search (no answer read)")
-    own = compare(engine, task, held_out, ["best_of_n", "beam"], list(BUDGETS), seed=seed, scorer="logprob",
-                  sampler_params=SAMPLER, console=console)
-    plot_points(oracle, d / "accuracy_vs_tokens_verifier.png", f"seed {seed}: verifier-guided, {n_eval} problems")
-    plot_points(own, d / "accuracy_vs_tokens_logprob.png", f"seed {seed}: log-prob-guided, {n_eval} problems")
 
-    # MCTS-DPO step pairs on training prompts (what an offline DPO recipe would train on)
-    records, found = [], 0
-    for j in range(PAIR_PROMPTS):
-        ex = task.train_example(task.train_size() - 1 - j)  # the far end: expert iteration starts at 0
-        row = search_one("mcts", ex, engine, task, seed=stable_seed(seed, "pairs", j), scorer="outcome",
-                         sampler_params=SAMPLER, params=budget_params("mcts", 2))
-        found += row["correct"]
-        records += row["info"].get("pair_records", [])
-    write_pairs_jsonl(d / "mcts_pairs.jsonl", records)
+    def search_part() -> dict:
+        engine = _engine(path)
+        held_out = task.eval_examples()[:n_eval]
+        console(f"  search seed {seed}: verifier-guided search on {n_eval} held-out problems")
+        oracle = compare(engine, task, held_out, ["greedy", "best_of_n", "beam", "mcts"], list(BUDGETS), seed=seed,
+                         scorer="outcome", sampler_params=SAMPLER, console=console)
+        console(f"  search seed {seed}: log-prob-guided search (no answer read)")
+        own = compare(engine, task, held_out, ["best_of_n", "beam"], list(BUDGETS), seed=seed, scorer="logprob",
+                      sampler_params=SAMPLER, console=console)
+        plot_points(oracle, d / "accuracy_vs_tokens_verifier.png", f"seed {seed}: verifier-guided, {n_eval} problems")
+        plot_points(own, d / "accuracy_vs_tokens_logprob.png", f"seed {seed}: log-prob-guided, {n_eval} problems")
+        # MCTS-DPO step pairs on training prompts (what an offline DPO recipe would train on)
+        records, found = [], 0
+        for j in range(PAIR_PROMPTS):
+            ex = task.train_example(task.train_size() - 1 - j)  # the far end: expert iteration starts at 0
+            row = search_one("mcts", ex, engine, task, seed=stable_seed(seed, "pairs", j), scorer="outcome",
+                             sampler_params=SAMPLER, params=budget_params("mcts", 2))
+            found += row["correct"]
+            records += row["info"].get("pair_records", [])
+        write_pairs_jsonl(d / "mcts_pairs.jsonl", records)
+        strip = lambda pts: [{k: v for k, v in p.items() if k != "rows"} for p in pts]  # noqa: E731
+        return {"verifier": strip(oracle), "logprob": strip(own),
+                "pairs": {"count": len(records), "prompts": PAIR_PROMPTS, "mcts_found_correct": found,
+                          "mean_label_smoothing": float(np.mean([r["label_smoothing"] for r in records]))
+                          if records else float("nan")}}
 
-    # expert iteration on the same warmed-up model (modified in place: load a fresh copy)
-    engine = _engine(path)
-    history = expert_iteration(engine, task, iterations=EXPERT["iterations"],
-                               prompts_per_iter=EXPERT["prompts_per_iter"], strategy=EXPERT["strategy"],
-                               strategy_params=budget_params(EXPERT["strategy"], EXPERT["budget"]), scorer="outcome",
-                               sft_steps=EXPERT["sft_steps"], sft_lr=EXPERT["sft_lr"],
-                               eval_examples=task.eval_examples()[:128], sampler_params=SAMPLER,
-                               seed=seed, console=console)
-    strip = lambda pts: [{k: v for k, v in p.items() if k != "rows"} for p in pts]  # noqa: E731
-    data = {"key": key, "verifier": strip(oracle), "logprob": strip(own), "expert": history,
-            "pairs": {"count": len(records), "prompts": PAIR_PROMPTS, "mcts_found_correct": found,
-                      "mean_label_smoothing": float(np.mean([r["label_smoothing"] for r in records]))
-                      if records else float("nan")}}
-    cached.write_text(json.dumps(data, indent=1))
+    data = _cached(d / "search.json", {"n_eval": n_eval, "budgets": BUDGETS, "sampler": SAMPLER,
+                                       "pairs": PAIR_PROMPTS}, search_part, console)
+    def faithfulness_part() -> dict:
+        from entropo.search.scorers import ArithStepScorer
+
+        engine = _engine(path)
+        examples = task.eval_examples()[:128]
+        out = engine.generate(examples, 1, temperature=0.0, max_new_tokens=SAMPLER["max_tokens"])
+        right = [(x, e) for x, e in zip(out.completions, examples) if task.correct(x, e)]
+        chains = sum(ArithStepScorer.check(x, e.meta["operands"], e.meta["ops"], True) == 1.0 for x, e in right)
+        return {"greedy_correct": len(right), "greedy_correct_chains": int(chains), "problems": len(examples)}
+
+    data["faithfulness"] = _cached(d / "faithfulness.json", {"sampler": SAMPLER}, faithfulness_part, console)
+    for name, setting in EXPERTS.items():
+        def expert_part(setting=setting) -> dict:
+            engine = _engine(path)  # a fresh copy of the warmed-up model: expert iteration trains it in place
+            sft = {"sft_epochs": setting["sft_epochs"]} if "sft_epochs" in setting else {
+                "sft_steps": setting["sft_steps"]}
+            history = expert_iteration(engine, task, iterations=setting["iterations"],
+                                       prompts_per_iter=setting["prompts_per_iter"], strategy=setting["strategy"],
+                                       strategy_params=budget_params(setting["strategy"], setting["budget"]),
+                                       scorer="outcome", sft_lr=setting["sft_lr"], **sft,
+                                       eval_examples=task.eval_examples()[:128], sampler_params=SAMPLER, seed=seed,
+                                       console=console)
+            return {"history": history}
+
+        data[f"expert_{name}"] = _cached(d / f"expert_{name}.json", {"setting": setting, "sampler": SAMPLER},
+                                         expert_part, console)["history"]
     return data
 
 
@@ -140,14 +168,16 @@ def run(cfg, out_dir: Path, console) -> CustomResult:
             v[f"{s}@{b}"] = [_acc(r, "verifier", s, b) for r in per_seed]
     for s in ("best_of_n", "beam"):
         v[f"{s}@{top}/logprob"] = [_acc(r, "logprob", s, top) for r in per_seed]
-    v["expert_start"] = [r["expert"][0]["eval_greedy"] for r in per_seed]
-    v["expert_end"] = [r["expert"][-1]["eval_greedy"] for r in per_seed]
+    v["expert_start"] = [r["expert_steps60"][0]["eval_greedy"] for r in per_seed]  # the same warmed-up model
+    for name in EXPERTS:
+        v[f"expert_{name}_end"] = [r[f"expert_{name}"][-1]["eval_greedy"] for r in per_seed]
     checks = [Compare("held-out accuracy", f"best_of_n@{top}", "greedy").evaluate(v),
               Compare("held-out accuracy", f"beam@{top}", "greedy").evaluate(v),
               Compare("held-out accuracy", f"mcts@{top}", "greedy").evaluate(v),
               Compare("held-out accuracy", f"best_of_n@{top}", "best_of_n@1").evaluate(v),
               Compare("held-out accuracy", f"best_of_n@{top}/logprob", "greedy").evaluate(v),
-              Compare("held-out greedy accuracy", "expert_end", "expert_start").evaluate(v)]
+              *(Compare("held-out greedy accuracy", f"expert_{name}_end", "expert_start").evaluate(v)
+                for name in EXPERTS)]
     checks = [_check_dict(c) for c in checks]
     verdict = combine([c["verdict"] for c in checks])
     # mean curve over seeds for the report plot
@@ -172,10 +202,23 @@ def run(cfg, out_dir: Path, console) -> CustomResult:
             s, b = p["strategy"], p["budget"]
             lines.append(f"| {s} ({label}) | {b} | {_mean_sd([_acc(r, family, s, b) for r in per_seed])} | "
                          f"{np.mean([_tokens(r, family, s, b) for r in per_seed]):.1f} |")
-    lines += ["", "**Expert iteration** (best-of-4 with the verifier on 64 fresh training prompts per iteration, "
-              "keep verified answers, 60 SFT steps), held-out greedy accuracy on 128 problems per iteration: " +
-              "; ".join(f"seed {k}: " + " → ".join(f"{h['eval_greedy']:.3f}" for h in r["expert"])
-                        for k, r in enumerate(per_seed)) + ".",
+    sft_words = {"steps60": "60 SFT steps of 32 rows (pre-declared; ~90 passes over the kept answers)",
+                 "epochs2": "2 passes over the kept answers (added after the first overfitted)"}
+    lines += ["", "**Expert iteration** (best-of-4 with the verifier on 64 fresh training prompts per iteration, keep "
+              "the verified answers, SFT at lr 1e-3), held-out greedy accuracy on 128 problems after iterations "
+              "0, 1, 2 (kept answers per iteration in brackets):"]
+    for name in EXPERTS:
+        lines.append(f"- {sft_words.get(name, name)}: " + "; ".join(
+            f"seed {k}: " + " → ".join(f"{h['eval_greedy']:.3f}" + (f" [{h['kept']}]" if "kept" in h else "")
+                                       for h in r[f"expert_{name}"]) for k, r in enumerate(per_seed)) + ".")
+    lines += ["", "**Are the verified answers right for the right reason?** Greedy answers on 128 held-out problems "
+              "that the verifier accepts, and how many of them are a fully correct chain (every line right, checked "
+              "by the `arith_steps` process checker): " + "; ".join(
+                  f"seed {k}: {r['faithfulness']['greedy_correct']} accepted, "
+                  f"{r['faithfulness']['greedy_correct_chains']} correct chains" for k, r in enumerate(per_seed)) +
+              ". The tiny model mostly gets the last number right with wrong intermediate lines, so outcome-verified "
+              "samples teach wrong steps and outcome-valued MCTS can prefer a wrong step that leads to a right "
+              "answer.",
               "", "**MCTS-DPO pairs** from MCTS (2 iterations per move) on training prompts: " +
               "; ".join(f"seed {k}: {r['pairs']['count']} pairs from {r['pairs']['prompts']} prompts, mean label "
                         f"smoothing {r['pairs']['mean_label_smoothing']:.3f}" for k, r in enumerate(per_seed)) +
@@ -183,7 +226,8 @@ def run(cfg, out_dir: Path, console) -> CustomResult:
     measured = (f"greedy {_mean_sd(v['greedy'])}; with the verifier at budget {top}: best-of-N "
                 f"{_mean_sd(v[f'best_of_n@{top}'])}, beam {_mean_sd(v[f'beam@{top}'])}, MCTS "
                 f"{_mean_sd(v[f'mcts@{top}'])}; best-of-N by log-prob {_mean_sd(v[f'best_of_n@{top}/logprob'])}; "
-                f"expert iteration {_mean_sd(v['expert_start'])} → {_mean_sd(v['expert_end'])}")
+                "expert iteration " + ", ".join(f"{name} {_mean_sd(v['expert_start'])} → "
+                                                f"{_mean_sd(v[f'expert_{name}_end'])}" for name in EXPERTS))
     return CustomResult(verdict, measured, checks, lines, [plot], {"per_seed": per_seed, "accuracy": v})
 
 
