@@ -341,13 +341,15 @@ def test_sft_on_ids_trains_the_response_only(world):
     assert sft_on_ids(model, [], steps=5, batch_size=2, lr=1e-2, seed=0, pad_id=0)["time"] == 0.0
 
 
-def test_run_search_writes_consistent_results(tmp_path):
+def test_run_search_writes_consistent_results(tmp_path, world, monkeypatch):
     from typer.testing import CliRunner
 
     from entropo import registry
     from entropo.cli import app
+    from entropo.search import runner
     from entropo.search.runner import run_search
 
+    monkeypatch.setattr(runner, "load_target", lambda *a, **k: world)  # the module's tiny model (no second build)
     res = run_search("tiny", tmp_path, task="arith_chain", strategies=["greedy", "best_of_n"], budgets=[2],
                      eval_size=2, max_tokens=8, console=lambda *_: None)
     saved = json.loads((tmp_path / "results.json").read_text())
