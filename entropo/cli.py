@@ -1,4 +1,4 @@
-"""Command line: ``entropo train | recipes | eval | plot | cliff | reproduce | models``.
+"""Command line: ``entropo train | recipes | search | eval | plot | cliff | reproduce | models``.
 
 Errors are one line (what, where, how to fix) on stderr with exit code 2 for problems with the input (recipe, data,
 run directory, checkpoint) and 1 for anything else; ``entropo --debug ...`` (or ``ENTROPO_DEBUG=1``) shows the full
@@ -218,6 +218,38 @@ def run_(
             t.add_row(k, f"{v:.4g}" if isinstance(v, float) else str(v))
     console.print(t)
     console.print(f"results: {out_dir / 'results.json'}")
+
+
+@app.command("search")
+@_errors
+def search(
+    target: str = typer.Argument(..., help="A training recipe (its model, task and SFT warm-up, e.g. search_tiny) or a "
+                                 "model name/path (then --task is required)."),
+    task: Optional[str] = typer.Option(None, "--task", help="Task name (default: the recipe's), e.g. arith_chain."),
+    strategies: str = typer.Option("greedy,best_of_n,beam,mcts", "--strategies", help="Comma-separated: greedy, "
+                                   "best_of_n, beam, mcts."),
+    budgets: str = typer.Option("1,2,4", "--budget", help="Comma-separated budgets: best-of-N n, beam width, MCTS "
+                                "iterations per move."),
+    scorer: str = typer.Option("outcome", "--scorer", help="outcome (the task's verifier), rollout (Monte-Carlo "
+                               "value), logprob (model confidence), arith_steps (process checker), or module:factory."),
+    eval_size: int = typer.Option(32, "--eval-size", help="Held-out problems to search."),
+    max_tokens: int = typer.Option(64, "--max-tokens", help="Response token budget of one solution."),
+    seed: int = typer.Option(0, "--seed"),
+    set_: list[str] = typer.Option([], "--set", help="Override a field of the recipe (repeatable)."),
+    out: Path = typer.Option(Path("runs/search"), "--out", help="Output dir: results.json + accuracy_vs_tokens.png."),
+):
+    """Compare search strategies on a task's held-out set: accuracy vs generated tokens (results.json + a plot)."""
+    from entropo.search.runner import run_search
+
+    try:
+        names = [s.strip() for s in strategies.split(",") if s.strip()]
+        sizes = [int(b) for b in budgets.split(",") if b.strip()]
+    except ValueError:
+        _fail(f"--budget {budgets!r}: expected comma-separated integers, e.g. 1,2,4")
+    res = run_search(target, out, task=task, strategies=names, budgets=sizes, scorer=scorer, eval_size=eval_size,
+                     seed=seed, max_tokens=max_tokens, overrides=list(set_),
+                     console=lambda text: console.print(text, highlight=False))
+    console.print(f"results: {out / 'results.json'}\nplot:    {res['plot']}")
 
 
 @app.command("eval")
