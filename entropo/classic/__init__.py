@@ -3,3 +3,4 @@ MDPs, inventory control, contextual bandits, offline RL on Gymnasium), as progra
 ``entropo reproduce --suite classic`` experiments that share entropo's config, logging, checkpointing and plotting.
 Heavy dependencies (Gymnasium, scikit-learn, LightGBM: ``pip install 'entropo[classic]'``) are imported inside
 functions through :func:`entropo.extras.require`; importing this package registers the components."""
+from entropo.classic import bandits, dr_rpo  # noqa: F401,E402  (registers adyen_bandit, dr_rpo)
