@@ -1,5 +1,5 @@
 """DR-RPO: distributionally robust regularized policy optimization, after "Policy Regularized Distributionally Robust
-Markov Decision Processes with Linear Function Approximation" (DR-RPO; the d-rectangular linear robust MDP setting
+Markov Decision Processes with Linear Function Approximation" (DR-RPO, arXiv 2510.14246; the d-rectangular linear RMDP setting
 with a total-variation uncertainty set, softmax policies updated by reference-regularized mirror descent against an
 optimistic robust value estimate).
 
@@ -45,7 +45,8 @@ import numpy as np
 
 from entropo.registry import register
 
-PAPER = ("Policy Regularized Distributionally Robust MDPs with Linear Function Approximation (DR-RPO)")
+PAPER = ("Policy Regularized Distributionally Robust Markov Decision Processes with Linear Function Approximation "
+         "(DR-RPO), arXiv 2510.14246")
 ACTIONS = ((-1, 0), (0, 1), (1, 0), (0, -1))  # up, right, down, left
 ACTION_NAMES = ("up", "right", "down", "left")
 

@@ -4,6 +4,7 @@ unknown params raise a TypeError listing the allowed ones. Heavy libraries are i
 
 from entropo.tasks import arithmetic, countdown, dataset, mixture, reasoning_gym  # noqa: F401  (registers them)
 from entropo.tasks import lp_word_problems, search_qa, text_to_sql  # noqa: F401  (registers them)
+from entropo.tasks import or_scene_graph  # noqa: F401,E402  (registers or_scene_graph)
 from entropo.tasks.base import stable_seed
 
 __all__ = ["arithmetic", "countdown", "dataset", "mixture", "reasoning_gym", "stable_seed"]
