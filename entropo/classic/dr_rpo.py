@@ -1,7 +1,7 @@
-"""DR-RPO: distributionally robust regularized policy optimization, after "Policy Regularized Distributionally Robust
-Markov Decision Processes with Linear Function Approximation" (DR-RPO, arXiv 2510.14246; the d-rectangular linear RMDP setting
-with a total-variation uncertainty set, softmax policies updated by reference-regularized mirror descent against an
-optimistic robust value estimate).
+"""DR-RPO: distributionally robust regularized policy optimization, after "Policy Regularized Distributionally
+Robust Markov Decision Processes with Linear Function Approximation" (DR-RPO, arXiv 2510.14246): a d-rectangular
+linear robust MDP with a total-variation uncertainty set, softmax policies updated by reference-regularized mirror
+descent against an optimistic robust value estimate.
 
 What is implemented, for a finite-horizon episodic MDP with features φ(s, a) ∈ R^d and nominal transitions
 P(·|s, a) = Σ_i φ_i(s, a) μ_i(·) (d-rectangular linear; a tabular MDP is the case φ = one-hot(s, a), d = S·A):
@@ -297,7 +297,8 @@ def dr_rpo_program(out_dir, seed: int, console, rho: float = 0.1, episodes: int 
     """``entropo run dr_rpo``: learn the robust (TV radius ``rho``) and the nominal (ρ = 0) policy online with the
     same episode budget, then evaluate both exactly under the nominal slip, the slips of ``eval_slips`` and the
     worst case of the TV ball of radius ``eval_rho`` (default ``rho``). ``support``: "nominal" (the adversary
-    reweights the outcomes of a move: a perturbed slip) or "all" (any next state, the unrestricted ball). Logs the exact nominal and worst-case
+    reweights the outcomes of a move: a perturbed slip) or "all" (any next state, the unrestricted ball). Logs the
+    exact nominal and worst-case
     returns of both policies every ``log_every`` episodes (metrics.jsonl) and checkpoints the learner states."""
     import torch
 
