@@ -10,6 +10,7 @@ kind="custom" (no language model), and the ORacle scene-graph target (arXiv 2404
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -90,7 +91,11 @@ def run_adyen(cfg, out_dir: Path, console) -> CustomResult:
     lines += ["", "Per seed: " + "; ".join(
         f"seed {s}: " + ", ".join(f"{a} regret {per_seed[s][a]['regret']:.4f} / osc {per_seed[s][a]['oscillation']:.4f}"
                                   for a in BANDIT_ARMS) for s in range(len(per_seed))) + "."]
-    plots = [out_dir / f"seed{s}" / "generations.png" for s in range(len(per_seed))]
+    plots = []
+    for s in range(len(per_seed)):  # one name per seed: the report copies plots by file name
+        dst = out_dir / f"generations_seed{s}.png"
+        shutil.copyfile(out_dir / f"seed{s}" / "generations.png", dst)
+        plots.append(dst)
     verdict = combine([c["verdict"] for c in checks])
     measured = ("regret " + ", ".join(f"{a} {_ms(vals['regret'][a])}" for a in BANDIT_ARMS) + "; oscillation "
                 + ", ".join(f"{a} {_ms(vals['oscillation'][a])}" for a in BANDIT_ARMS))
