@@ -5,6 +5,7 @@ on a failing reward."""
 
 from entropo.rewards import format, length, tool_efficiency, verifiers  # noqa: F401  (registers the rewards)
 from entropo.rewards import reex_sql, reseek  # noqa: F401  (registers reex_sql, reseek_judge)
+from entropo.rewards import scene_graph  # noqa: F401,E402  (registers triplet_f1)
 from entropo.rewards.runner import RewardResult, RewardRunner, call_with_timeout
 
 __all__ = ["RewardResult", "RewardRunner", "call_with_timeout"]
