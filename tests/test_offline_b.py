@@ -141,7 +141,8 @@ def test_info_nce_by_hand():
     z = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
     g = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
     t = 0.5  # s = I / 0.5: each row's positive scores 2, the negative 0 -> loss = -log(e^2 / (e^2 + 1))
-    assert hib.info_nce(z, g, torch.tensor([0, 1]), t).item() == pytest.approx(-math.log(math.e ** 2 / (math.e ** 2 + 1)))
+    expected = -math.log(math.e ** 2 / (math.e ** 2 + 1))
+    assert hib.info_nce(z, g, torch.tensor([0, 1]), t).item() == pytest.approx(expected)
     # the same episode twice: both columns are positives of both rows -> loss 0
     assert hib.info_nce(z, g, torch.tensor([4, 4]), t).item() == pytest.approx(0.0, abs=1e-6)
 

@@ -2,7 +2,8 @@
 (a program recipe, ``entropo run hib``).
 
 Paper: "Bridging the Sim-to-Real Gap from the Information Bottleneck Perspective" (He et al.), CoRL 2024,
-arXiv 2305.18464. No official code was found for it; this is written from the paper's description:
+arXiv 2305.18464. No official code was found for it, so the loss estimator (InfoNCE + beta KL, marked to verify)
+could not be checked against one; this is written from the paper's description:
 
 - a history h_t = (s_{t-H+1..t}, a_{t-H..t-1}) (:func:`push_history`) is encoded by q_phi(z | h) = N(mu, diag sigma^2);
 - the privileged information e_t (here the episode's physical parameters, known only in simulation) is embedded by
@@ -12,13 +13,16 @@ arXiv 2305.18464. No official code was found for it; this is written from the pa
 - the actor is pi(a | s_t, z_t), the critic sees e_t (asymmetric), and PPO + lam * IB is trained jointly (one stage).
 
 Reduced: the actor reads z = mu(h) (the posterior mean, so the PPO ratio is of a deterministic input); the IB term
-samples z. The policy's PPO clip loss is entropo's :func:`entropo.algorithms.objectives.clipped_surrogate`.
+samples z. The 200-step time limit ends an episode like a fall (no bootstrap past it). The policy's PPO clip loss is
+entropo's :func:`entropo.algorithms.objectives.clipped_surrogate`. Variant ``oracle`` (the actor reads e itself) is a
+non-deployable reference; the paper's two-stage teacher-student distillation baseline is not implemented.
 
 The environment: CartPole (the Gymnasium task's equations and limits, 200 steps) with per-episode randomised pole
 mass, pole half-length, actuator force, a constant lateral wind on the cart and the motor's polarity (+1, or -1: the
 two actions swapped) (privileged: the state shows none of them; a memoryless policy cannot tell the polarity, a
-history of (state, action) can). Training draws them from the train box; the held-out split draws from a wider box and keeps only parameter sets
-with at least one value outside the train box (unseen dynamics, never drawn in training).
+history of (state, action) can). Training draws them from the train box; the held-out split draws from a wider box
+and keeps only parameter sets with at least one value outside the train box (unseen dynamics, never drawn in
+training).
 """
 
 from __future__ import annotations
@@ -34,7 +38,8 @@ from torch import Tensor, nn
 from entropo.algorithms.objectives import clipped_surrogate, importance_ratio
 from entropo.registry import register
 
-PAPER = "Bridging the Sim-to-Real Gap from the Information Bottleneck Perspective (He et al.), CoRL 2024, arXiv 2305.18464"
+PAPER = ("Bridging the Sim-to-Real Gap from the Information Bottleneck Perspective (He et al.), CoRL 2024, "
+         "arXiv 2305.18464")
 
 # ---- randomised CartPole ---------------------------------------------------------------------------------------------
 
@@ -308,7 +313,7 @@ def evaluate(agent: Agent, split: str, episodes: int, seed: int, history: int) -
 
 @register("program", "hib", paper=PAPER)
 def hib_program(out_dir, seed: int, console, variant: str = "hib", num_envs: int = 16, rollout: int = 128,
-                iterations: int = 40, history: int = 8, z_dim: int = 4, lr: float = 1e-3, epochs: int = 4,
+                iterations: int = 60, history: int = 8, z_dim: int = 4, lr: float = 1e-3, epochs: int = 4,
                 minibatch: int = 512, gamma: float = 0.99, gae_lambda: float = 0.95, clip: float = 0.2,
                 ent_coef: float = 0.01, vf_coef: float = 0.5, ib_coef: float = 0.1, ib_beta: float = 1e-3,
                 ib_temperature: float = 0.2, eval_episodes: int = 100, checkpoint_every: int = 10) -> dict:

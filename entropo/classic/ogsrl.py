@@ -1,7 +1,8 @@
 """OGSRL: offline guarded safe RL, at the scale of a seeded synthetic patient (a program recipe, ``entropo run ogsrl``).
 
 Paper: "Offline Guarded Safe Reinforcement Learning for Medical Treatment Optimization Strategies", arXiv 2505.16242.
-No official code was found for it; everything here is written from the paper's description:
+No official code was found for it (so the guardian's construction, marked to verify, could not be checked against
+one); everything here is written from the paper's description:
 
 1. learn the dynamics from offline data with an ensemble of MLPs (:class:`DynamicsEnsemble`);
 2. fit a *guardian* G = {x = (s, a) : p(x) <= 1}, a polynomial sublevel set that contains the data with high
@@ -250,9 +251,10 @@ class ChristoffelGuardian:
             self._exps = torch.tensor(monomial_exponents(len(self.mean), self.degree), dtype=torch.float64)
 
 
-# ---- the Lagrange multiplier (a reusable controller) ------------------------------------------------------------------
+# ---- the Lagrange multiplier (a reusable controller) ---------------------------------------------------------------
 
-@register("controller", "lagrange_multiplier", paper=f"Lagrangian relaxation of a CMDP constraint, as in OGSRL ({PAPER})")
+@register("controller", "lagrange_multiplier",
+          paper=f"Lagrangian relaxation of a CMDP constraint, as in OGSRL ({PAPER})")
 class LagrangeMultiplier(Controller):
     """Dual ascent on one cost constraint E[cost] <= budget: coef <- clip(coef + lr (metrics[metric] - budget), 0,
     max_coef). The penalised objective is reward - coef * cost; usable for any budget (a length, tool calls, a KL)."""
@@ -283,7 +285,7 @@ def constraint_report(costs: dict[str, float], budgets: dict[str, float], tol: f
     return out
 
 
-# ---- policy, rollouts, Lagrangian PPO ----------------------------------------------------------------------------------
+# ---- policy, rollouts, Lagrangian PPO -------------------------------------------------------------------------------
 
 class GaussianPolicy(nn.Module):
     """Dose ~ N(mu(s), sigma^2); the environment clips it to [0, 3]."""

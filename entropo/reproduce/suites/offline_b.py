@@ -140,7 +140,7 @@ EXPERIMENTS: list[Experiment] = [
         "hib_heldout", "Classic: HIB's held-out return under randomised dynamics (CartPole)", HIB_PAPER,
         "A history encoder trained with the information-bottleneck loss against privileged dynamics parameters "
         "transfers better to unseen dynamics than the same encoder trained by PPO alone and than PPO on the state.",
-        [], [], kind="custom", suite="classic", steps=40, run=run_hib,
+        [], [], kind="custom", suite="classic", steps=60, run=run_hib,
         note="steps = PPO iterations (2048 environment steps each).",
     ),
 ]
