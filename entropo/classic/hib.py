@@ -36,6 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from entropo.algorithms.objectives import clipped_surrogate, importance_ratio
+from entropo.classic.ogsrl import single_threaded
 from entropo.registry import register
 
 PAPER = ("Bridging the Sim-to-Real Gap from the Information Bottleneck Perspective (He et al.), CoRL 2024, "
@@ -312,6 +313,7 @@ def evaluate(agent: Agent, split: str, episodes: int, seed: int, history: int) -
 
 
 @register("program", "hib", paper=PAPER)
+@single_threaded
 def hib_program(out_dir, seed: int, console, variant: str = "hib", num_envs: int = 16, rollout: int = 128,
                 iterations: int = 60, history: int = 8, z_dim: int = 4, lr: float = 1e-3, epochs: int = 4,
                 minibatch: int = 512, gamma: float = 0.99, gae_lambda: float = 0.95, clip: float = 0.2,
