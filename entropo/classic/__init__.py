@@ -3,5 +3,4 @@ MDPs, inventory control, contextual bandits, offline RL on Gymnasium), as progra
 ``entropo reproduce --suite classic`` experiments that share entropo's config, logging, checkpointing and plotting.
 Heavy dependencies (Gymnasium, scikit-learn, LightGBM: ``pip install 'entropo[classic]'``) are imported inside
 functions through :func:`entropo.extras.require`; importing this package registers the components."""
-from entropo.classic import ogsrl  # noqa: F401  (OGSRL, arXiv 2505.16242: program ogsrl, controller lagrange_multiplier)
-from entropo.classic import hib  # noqa: F401  (HIB, arXiv 2305.18464: program hib)
+from entropo.classic import hib, ogsrl  # noqa: F401  (offline_b: programs hib, ogsrl; controller lagrange_multiplier)
