@@ -6,3 +6,4 @@ functions through :func:`entropo.extras.require`; importing this package registe
 from entropo.classic import offline_data, offline_rl, ota  # noqa: F401,E402  (offline RL: TD3+BC, A2PR, FamO2O, OTA)
 from entropo.classic import bilevel_penalty, hdpo, stochastic_pg  # noqa: F401
 from entropo.classic import bandits, dr_rpo  # noqa: F401,E402  (registers adyen_bandit, dr_rpo)
+from entropo.classic import hib, ogsrl  # noqa: F401  (offline_b: programs hib, ogsrl; controller lagrange_multiplier)
