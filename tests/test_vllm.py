@@ -88,7 +88,7 @@ def test_stop_strings_cut_the_action_at_the_completing_token(tiny_engine):
 
 
 BASE = ["model.name_or_path=tiny", "model.tiny={hidden_size: 128, num_heads: 2, num_layers: 2, intermediate_size: 256}",
-        "rollout.engine=vllm", "rollout.engine_params={dtype: float32, max_model_len: 256, max_batch_size: 32}",
+        "rollout.engine=vllm", "rollout.engine_params={dtype: float32, max_model_len: 256}", "rollout.max_batch_size=32",
         "warmup.steps=30", "warmup.batch_size=32", "warmup.lr=3e-3", "rollout.prompts_per_step=4", "rollout.n=4",
         "optimizer.lr=1e-3", "train.steps=3", "eval.max_prompts=8", "logging.progress=false",
         "logging.plots=false", "logging.tensorboard=false", "checkpoint.every=0"]

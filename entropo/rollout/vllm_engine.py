@@ -7,9 +7,9 @@ engine's: chat formatting, the multi-turn episode loop, the row layout; only ``t
 environments, rebuilt contexts and tools use vLLM through the same engine protocol.
 
 Weights: after every optimizer update (and after an SFT warm-up or a resume: whenever the trainer changes the policy)
-``after_update`` pushes the trainer's weights into vLLM's model with ``load_weights`` in buckets of
-``sync_bucket_mb`` (not one call per parameter), then resets vLLM's prefix cache (cached KV of the old weights must not
-be reused). ``last_sync_s`` times it.
+``after_update`` pushes the trainer's weights into vLLM's model: one in-place ``reload_weights`` call that streams the
+state dict through vLLM's own loaders (not one call per parameter), then a reset of vLLM's prefix cache (cached KV of
+the old weights must not be reused). ``last_sync_s`` times it.
 
 Mismatch: vLLM's kernels differ from the trainer's, so the recorded log-probs are not exactly the trainer's
 (``records_policy_logprobs`` is False: the trainer recomputes the pre-update log-probs). ``kl/behaviour`` (logged every
@@ -47,12 +47,12 @@ class VLLMEngine(HFEngine):
 
     ``max_batch_size`` becomes vLLM's ``max_num_seqs``; ``max_model_len`` bounds prompt + episode tokens (default: the
     model's positions); ``dtype`` as vLLM's ("auto": the checkpoint's; this project's CPU tests use float32);
-    ``enforce_eager`` skips graph capture; ``sync_bucket_mb`` is the size of one weight-push call."""
+    ``enforce_eager`` skips graph capture."""
 
     def __init__(self, model, tokenizer, *, chat_template: str | bool = "auto", max_batch_size: int = 64,
                  env_workers: int = 8, dtype: str = "auto", max_model_len: int | None = None,
                  gpu_memory_utilization: float = 0.3, enable_sleep_mode: bool = False, enforce_eager: bool = True,
-                 sync_bucket_mb: float = 64.0, seed: int = 0, **vllm_kwargs: Any):
+                 seed: int = 0, **vllm_kwargs: Any):
         super().__init__(model, tokenizer, chat_template=chat_template, max_batch_size=max_batch_size,
                          env_workers=env_workers)
         if hasattr(model, "peft_config"):
@@ -65,7 +65,6 @@ class VLLMEngine(HFEngine):
         self._dir = tempfile.mkdtemp(prefix="entropo-vllm-")
         model.save_pretrained(self._dir)  # vLLM builds its model from a folder; weights are pushed from then on
         tokenizer.save_pretrained(self._dir)
-        self.sync_bucket_bytes = int(sync_bucket_mb * 2**20)
         self.sleep_mode = enable_sleep_mode
         kwargs: dict[str, Any] = dict(model=self._dir, skip_tokenizer_init=True, dtype=dtype, seed=seed,
                                       enforce_eager=enforce_eager, max_num_seqs=max_batch_size,
@@ -124,25 +123,17 @@ class VLLMEngine(HFEngine):
 
     # ---- weights -----------------------------------------------------------------------------------------------------
     def after_update(self, model) -> None:
-        """Push the trainer's weights into vLLM in buckets, then drop vLLM's cached prefixes (old-weight KV)."""
+        """Push the trainer's weights into vLLM, then drop vLLM's cached prefixes (KV of the old weights).
+
+        One in-place reload call streams every tensor of the state dict (vLLM's layer-wise reload, which re-applies
+        the kernel-format processing its CPU and GPU layers do after loading); never one call per parameter."""
         t0 = time.perf_counter()
         self._wake()
-        bucket: list[tuple[str, torch.Tensor]] = []
-        size = 0
-        for name, tensor in model.state_dict().items():
-            bucket.append((name, tensor.detach()))
-            size += tensor.numel() * tensor.element_size()
-            if size >= self.sync_bucket_bytes:
-                self._load(bucket)
-                bucket, size = [], 0
-        if bucket:
-            self._load(bucket)
+        weights = ((name, tensor.detach()) for name, tensor in model.state_dict().items())
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights, "is_checkpoint_format": True})
         self.llm.reset_prefix_cache()
         self.last_sync_s = time.perf_counter() - t0
         self.syncs += 1
-
-    def _load(self, weights: list[tuple[str, torch.Tensor]]) -> None:
-        self.llm.apply_model(lambda m: m.load_weights(weights=iter(weights)))
 
     def _wake(self) -> None:
         if self.sleep_mode and self._asleep:
