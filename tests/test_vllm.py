@@ -111,7 +111,7 @@ def test_multi_turn_episodes_run_through_the_same_engine_protocol(tmp_path):
     recipe = load_recipe(os.path.join(os.path.dirname(__file__), "..", "entropo", "recipes", "loop.yaml"),
                          BASE + ["rollout.max_new_tokens=14", "rollout.max_episode_tokens=60",
                                  "environment.params.max_turns=3", "train.steps=1", "warmup.steps=60",
-                                 "train.early_stop=null"])
+                                 "train.early_stop=null", "selection=[]"])
     train(recipe, run_dir=tmp_path / "mt")
     row = [r for r in read_metrics(tmp_path / "mt") if "episode/turns_mean" in r][0]
     assert row["episode/turns_mean"] > 1.0

@@ -47,11 +47,13 @@ class VLLMEngine(HFEngine):
 
     ``max_batch_size`` becomes vLLM's ``max_num_seqs``; ``max_model_len`` bounds prompt + episode tokens (default: the
     model's positions); ``dtype`` as vLLM's ("auto": the checkpoint's; this project's CPU tests use float32);
-    ``enforce_eager`` skips graph capture."""
+    ``enforce_eager`` skips graph capture; ``gpu_memory_utilization`` is vLLM's (on its CPU backend: the fraction of host
+    RAM); ``kv_cache_gb`` fixes the KV cache size (default on CPU: 0.5 GB)."""
 
     def __init__(self, model, tokenizer, *, chat_template: str | bool = "auto", max_batch_size: int = 64,
                  env_workers: int = 8, dtype: str = "auto", max_model_len: int | None = None,
-                 gpu_memory_utilization: float = 0.3, enable_sleep_mode: bool = False, enforce_eager: bool = True,
+                 gpu_memory_utilization: float = 0.3, kv_cache_gb: float | None = None,
+                 enable_sleep_mode: bool = False, enforce_eager: bool = True,
                  seed: int = 0, **vllm_kwargs: Any):
         super().__init__(model, tokenizer, chat_template=chat_template, max_batch_size=max_batch_size,
                          env_workers=env_workers)
@@ -69,8 +71,11 @@ class VLLMEngine(HFEngine):
         kwargs: dict[str, Any] = dict(model=self._dir, skip_tokenizer_init=True, dtype=dtype, seed=seed,
                                       enforce_eager=enforce_eager, max_num_seqs=max_batch_size,
                                       logprobs_mode="processed_logprobs", enable_sleep_mode=enable_sleep_mode)
-        if torch.cuda.is_available():
-            kwargs["gpu_memory_utilization"] = gpu_memory_utilization
+        # on vLLM's CPU backend the "gpu" utilization is the fraction of host RAM it may claim (default 0.92, more than
+        # a machine that also trains has free); the KV cache gets a fixed size there unless kv_cache_gb says otherwise
+        kwargs["gpu_memory_utilization"] = gpu_memory_utilization
+        if kv_cache_gb is not None or not torch.cuda.is_available():
+            kwargs["kv_cache_memory_bytes"] = int((kv_cache_gb if kv_cache_gb is not None else 0.5) * 2**30)
         if max_model_len is not None:
             kwargs["max_model_len"] = max_model_len
         self.llm = vllm.LLM(**kwargs, **vllm_kwargs)
