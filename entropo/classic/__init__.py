@@ -5,3 +5,4 @@ Heavy dependencies (Gymnasium, scikit-learn, LightGBM: ``pip install 'entropo[cl
 functions through :func:`entropo.extras.require`; importing this package registers the components."""
 from entropo.classic import offline_data, offline_rl, ota  # noqa: F401,E402  (offline RL: TD3+BC, A2PR, FamO2O, OTA)
 from entropo.classic import bilevel_penalty, hdpo, stochastic_pg  # noqa: F401
+from entropo.classic import zo_ranksgd  # noqa: F401  (program zo_ranksgd: ZO-RankSGD, arXiv 2303.03751)
