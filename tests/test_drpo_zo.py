@@ -207,3 +207,20 @@ def test_optimizer_state_roundtrip_resumes_identically():
     with pytest.raises(RuntimeError, match="ask"):
         ZORankSGD(np.ones(2)).tell([0])
     assert RankRandomSearch(np.ones(2), m=4).m == 4
+
+
+def test_recipes_load_and_program_runs(tmp_path):
+    from entropo.config import load_recipe
+    from entropo.logging import read_metrics
+    from entropo.programs import load_program, resolve, run_program
+    from entropo.reproduce.runner import RECIPES_DIR
+
+    recipe = load_recipe(RECIPES_DIR / "drpo.yaml", [])
+    assert recipe.rollout.engine == "dataset_reset" and recipe.rollout.engine_params["reset_prob"] == 1.0
+    prog = load_program(RECIPES_DIR / "zo_ranksgd.yaml", ["params.lm=false", "params.queries=100",
+                                                          "params.functions=[quadratic]"])
+    resolve(prog)
+    out = run_program(prog, tmp_path, console=lambda *_: None)
+    assert out["quadratic/zo_ranksgd_final_loss"] < 27.5 and "quadratic/random_search_final_loss" in out
+    rows = read_metrics(tmp_path)
+    assert any("quadratic/zo_ranksgd_loss" in r for r in rows)
