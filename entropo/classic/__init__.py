@@ -7,3 +7,4 @@ from entropo.classic import offline_data, offline_rl, ota  # noqa: F401,E402  (o
 from entropo.classic import bilevel_penalty, hdpo, stochastic_pg  # noqa: F401
 from entropo.classic import bandits, dr_rpo  # noqa: F401,E402  (registers adyen_bandit, dr_rpo)
 from entropo.classic import hib, ogsrl  # noqa: F401  (offline_b: programs hib, ogsrl; controller lagrange_multiplier)
+from entropo.classic import zo_ranksgd  # noqa: F401  (program zo_ranksgd: ZO-RankSGD, arXiv 2303.03751)
