@@ -5,5 +5,6 @@ from entropo.rollout.hf import HFEngine
 from entropo.rollout.tree import HFTreeEngine  # noqa: F401  (registers ("engine", "hf_tree"))
 from entropo.rollout.window import HFWindowEngine  # noqa: F401  (registers ("engine", "hf_window"))
 from entropo.rollout.vllm_engine import VLLMEngine  # noqa: F401  (registers ("engine", "vllm"); vllm imported on use)
+from entropo.rollout.dataset_reset import DatasetResetEngine  # noqa: F401  (registers ("engine", "dataset_reset"): DR-PO)
 
 __all__ = ["HFEngine"]
