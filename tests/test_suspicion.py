@@ -181,3 +181,29 @@ def test_program_with_random_policy_only(tmp_path):
     with pytest.raises(ValueError, match="opponents"):
         suspicion_agent(tmp_path, seed=0, console=lambda *_: None, opponents=["gto"], policies=["random"])
     assert np.isfinite(res["random/cfr"]["mbb_se"])
+
+
+def test_hf_chat_lm_on_tiny_model_caches_greedy():
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from entropo.games.suspicion import HFChatLM
+    from entropo.models.tiny import tiny_tokenizer
+
+    tok = tiny_tokenizer()  # the tiny model's tokenizer and chat template; a 1-layer model built in memory
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=1,
+                                         num_attention_heads=2, intermediate_size=64, max_position_embeddings=4096,
+                                         pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+                                         eos_token_id=tok.eos_token_id)).eval()
+    lm = HFChatLM(model, tok)
+    a = lm("You hold K. Reply with exactly one word: CHECK or BET.", stage="act", max_new_tokens=3)
+    b = lm("You hold K. Reply with exactly one word: CHECK or BET.", stage="act", max_new_tokens=3)
+    assert a == b and lm.calls == 1 and isinstance(a, str)
+    assert lm.count_tokens("abc") >= 1
+    pol = SuspicionPolicy(lm, "kuhn", budget={"observe": 2, "belief": 2, "plan": 2, "act": 2})
+    _, obs = first_obs()
+    pol.act(obs)
+    assert lm.calls == 5 and pol.decisions[-1].word in ("CHECK", "BET")
+    with pytest.raises(ValueError, match="unknown stage"):
+        SuspicionPolicy(lm, "kuhn", budget={"think": 3})
