@@ -4,3 +4,4 @@ pyspiel is imported inside functions through :func:`entropo.extras.require`; imp
 components."""
 from entropo.games import herd, portal  # noqa: F401,E402  (game_agents: registers portal_duel, herd_planner)
 from entropo.games import credit, env, pokergpt, search  # noqa: F401  (register env, tasks, advantage, programs)
+from entropo.games import suspicion  # noqa: F401,E402  (registers the suspicion_agent program)
