@@ -14,8 +14,14 @@ single-child chains, after the prompt and the steps chosen so far), and trains D
   only the logged log-ratios);
 - training is on the token ids the search sampled (``Partial`` steps): nothing is decoded and re-encoded;
 - the reference: ``reference="sft"`` (default) keeps the policy the loop started from (the SFT warm-up model)
-  frozen for every iteration — the standard DPO reference, π_ref = the SFT policy; ``reference="iteration"`` uses
-  each iteration's starting policy (iterative-DPO style). Which one the official code uses was not verified here;
+  frozen for every iteration, as the official code does (YuxiXie/MCTS-DPO ``mcts_rl/trainers/tsrl_trainer.py``:
+  ``actor_reference_model`` is loaded once from ``actor_ref_model_name_or_path`` as an eval engine and never
+  refreshed; ``trainer.py``'s ``tsrl_step`` scores every pair against it, and the search uses the training
+  policy, ``actor_model``, unless ``offline``); ``reference="iteration"`` uses each iteration's starting policy
+  (iterative-DPO style) instead;
+- differences from the official loop: it updates after every searched prompt (a few pairs, one optimizer step per
+  pair batch, never re-searching with a stale policy for long); here each iteration searches a block of prompts,
+  then makes ``dpo_epochs`` passes over the block's pairs with a fresh AdamW (constant lr, no warm-up/decay);
 - evaluation: held-out greedy accuracy after every iteration (iteration 0 = before any update).
 
 The comparison arm ``level="instance"`` is the paper's instance-level DPO: from the same search trees, whole
