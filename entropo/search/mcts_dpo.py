@@ -19,8 +19,9 @@ single-child chains, after the prompt and the steps chosen so far), and trains D
   refreshed; ``trainer.py``'s ``tsrl_step`` scores every pair against it, and the search uses the training
   policy, ``actor_model``, unless ``offline``); ``reference="iteration"`` uses each iteration's starting policy
   (iterative-DPO style) instead;
-- differences from the official loop: it updates after every searched prompt (a few pairs, one optimizer step per
-  pair batch, never re-searching with a stale policy for long); here each iteration searches a block of prompts,
+- differences from the official loop: it searches one prompt per device and at once takes DPO steps on that
+  tree's pairs (gradients accumulated over 64 of them, so the search policy trails the trained one by at most one
+  accumulated update); here each iteration searches a block of prompts,
   then makes ``dpo_epochs`` passes over the block's pairs with a fresh AdamW (constant lr, no warm-up/decay);
 - evaluation: held-out greedy accuracy after every iteration (iteration 0 = before any update).
 
