@@ -141,8 +141,10 @@ def test_scripted_tree_gives_expected_step_and_instance_pairs():
     assert got == steps
     # instance level: whole finished responses under the bare prompt, best vs worst, at most as many as step pairs
     inst = iteration_pairs("instance", [(tree, steps)])
+    # leaves [1,3] (v 1), [1,4], [2,5], [2,6] (v -1): the correct one against each wrong one, the last wrong first
     assert [(p.prompt_ids, p.chosen_ids, p.rejected_ids, p.label_smoothing) for p in inst] == [
-        ([0], [1, 3], [2, 6], 0.0)]  # the other leaves all have value -1: no second pair
+        ([0], [1, 3], [2, 6], 0.0), ([0], [1, 3], [2, 5], 0.0)]  # capped at the 2 step-level pairs
+    assert [p.rejected_ids for p in instance_pairs(tree, 10)] == [[2, 6], [2, 5], [1, 4]]  # equal values: no pair
     assert instance_pairs(tree, 0) == []
     assert iteration_pairs("none", [(tree, steps)]) == []
     with pytest.raises(ValueError, match="level"):
@@ -175,7 +177,7 @@ def test_dpo_on_pairs_raises_the_margin_and_keeps_the_reference(world):
     before = [p.detach().clone() for p in ref.parameters()]
     b = pairs_to_batch(PAIRS, engine.pad_token_id)
     out = dpo_on_pairs(model, ref, b, steps=4, pairs_per_step=2, lr=2e-2, beta=0.1, seed=0)
-    assert math.isfinite(out["dpo_loss"]) and out["pairs"] == 2
+    assert math.isfinite(out["dpo_loss"]) and out["last_batch_pairs"] == 2
     from entropo.search.mcts_dpo import _logprobs
 
     with torch.no_grad():

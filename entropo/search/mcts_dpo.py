@@ -26,9 +26,9 @@ single-child chains, after the prompt and the steps chosen so far), and trains D
 - evaluation: held-out greedy accuracy after every iteration (iteration 0 = before any update).
 
 The comparison arm ``level="instance"`` is the paper's instance-level DPO: from the same search trees, whole
-responses (the finished leaves' sampled ids under the bare prompt) ranked by their value — best with worst, second
-best with second worst, while the values differ — at most as many pairs per prompt as the step-level rule gives
-on that tree (equal numbers of pairs), no label smoothing. ``level="none"`` trains nothing (evaluation only).
+responses (the finished leaves' sampled ids under the bare prompt) with different values, the higher chosen — at
+most as many pairs per prompt as the step-level rule gives on that tree (equal numbers of pairs where the tree has
+enough distinct correct/wrong responses; the counts are logged), no label smoothing. ``level="none"`` trains nothing (evaluation only).
 
 Also a program recipe: ``entropo run mcts_dpo`` (``mcts_dpo_program``).
 """
@@ -126,7 +126,8 @@ def _logprobs(model, batch: Batch) -> torch.Tensor:
 def dpo_on_pairs(model, reference, batch: Batch, *, steps: int, pairs_per_step: int, lr: float, beta: float,
                  seed: int) -> dict[str, float]:
     """``steps`` AdamW steps of the ``dpo`` objective (per-pair label smoothing from the batch) on random mini-batches
-    of ``pairs_per_step`` pairs; the reference's log-probs are computed once. Returns the last step's metrics."""
+    of ``pairs_per_step`` pairs; the reference's log-probs are computed once. Returns the last step's loss and
+    objective metrics (``last_batch_*``: margins, accuracy, ... of that mini-batch before its update) and the time."""
     from entropo.algorithms.preferences import dpo
 
     t0 = time.perf_counter()
@@ -147,7 +148,7 @@ def dpo_on_pairs(model, reference, batch: Batch, *, steps: int, pairs_per_step: 
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        last = {"dpo_loss": float(loss.detach()), **{k: float(v) for k, v in metrics.items()}}
+        last = {"dpo_loss": float(loss.detach()), **{f"last_batch_{k}": float(v) for k, v in metrics.items()}}
     model.eval()
     return {**last, "time": time.perf_counter() - t0}
 
@@ -164,8 +165,10 @@ def finished_leaves(root: Node) -> list[Node]:
 
 
 def instance_pairs(root: Node, limit: int) -> list[IdPair]:
-    """Instance-level pairs from one tree: distinct finished responses (sampled ids) ranked by their value, the i-th
-    best with the i-th worst while the best is strictly better, at most ``limit`` pairs; ε = 0."""
+    """Instance-level pairs from one tree: every two distinct finished responses (sampled ids) whose values differ
+    (the higher one chosen), the largest value gap first, then the better response's rank and the worse one's
+    rank from the bottom (ranks by value, ties in tree order); at most ``limit`` pairs; ε = 0. A response may serve
+    in several pairs (a tree seldom holds as many disjoint correct/wrong pairs as the step-level rule gives)."""
     seen, leaves = set(), []
     for leaf in finished_leaves(root):
         ids = tuple(leaf.partial.response_ids)
@@ -173,14 +176,12 @@ def instance_pairs(root: Node, limit: int) -> list[IdPair]:
             seen.add(ids)
             leaves.append(leaf)
     order = sorted(leaves, key=lambda n: -n.value)  # stable: ties keep tree order
+    n = len(order)
+    cands = [(i, j) for i in range(n) for j in range(n) if order[i].value > order[j].value]
+    cands.sort(key=lambda ij: (-(order[ij[0]].value - order[ij[1]].value), ij[0], -ij[1]))
     prompt = list(root.partial.prompt_ids)
-    out = []
-    for i in range(len(order) // 2):
-        best, worst = order[i], order[-1 - i]
-        if len(out) >= limit or not best.value > worst.value:
-            break
-        out.append(IdPair(prompt, best.partial.response_ids, worst.partial.response_ids, 0.0))
-    return out
+    return [IdPair(prompt, order[i].partial.response_ids, order[j].partial.response_ids, 0.0)
+            for i, j in cands[:max(0, limit)]]
 
 
 def iteration_pairs(level: str, trees: Sequence[tuple[Node, list[StepPair]]]) -> list[Any]:

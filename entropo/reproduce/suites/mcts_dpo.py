@@ -6,8 +6,9 @@
 
 - ``mcts_dpo_step``: MCTS-DPO's step-level pairs (max-Q vs min-Q sibling along the chosen path) with the per-pair
   visit-count label smoothing;
-- ``mcts_dpo_instance``: instance-level DPO, whole finished responses from the same trees (best vs worst value), at
-  most as many pairs per prompt as the step-level rule gives there, no smoothing;
+- ``mcts_dpo_instance``: instance-level DPO, whole finished responses from the same trees (distinct responses with
+  different values, the largest gap first), at most as many pairs per prompt as the step-level rule gives there,
+  no smoothing;
 - ``mcts_dpo_none``: no training (the warmed-up model; iteration 0 of the other arms).
 
 Measured: held-out greedy accuracy (64 problems) after each iteration, 2 seeds. Paper: "Monte Carlo Tree Search
@@ -50,7 +51,7 @@ def run_arm(seed: int, level: str, out_dir: Path, console) -> dict[str, Any]:
                            out_dir=d / level, console=console, **SETTING)
         return {"history": history}
 
-    return _cached(d / f"{level}.json", {"setting": SETTING, "level": level, "n_eval": N_EVAL}, compute,
+    return _cached(d / f"{level}.json", {"setting": SETTING, "level": level, "n_eval": N_EVAL, "rules": 2}, compute,
                    console)["history"]
 
 
@@ -79,11 +80,12 @@ def run(cfg, out_dir: Path, console) -> CustomResult:
              f"{SETTING['prompts_per_iter']} fresh training prompts, then DPO (β {SETTING['beta']}, lr {SETTING['lr']}, "
              f"{SETTING['dpo_epochs']:g} passes over the iteration's pairs, frozen SFT reference); held-out greedy "
              f"accuracy on {N_EVAL} problems after each iteration.", "",
-             "| arm | seed | accuracy per iteration (0 → 3) | pairs per iteration | mean ε |", "|---|---|---|---|---|"]
+             "| arm | seed | accuracy per iteration (0 → 3) | pairs trained / step-level pairs, per iteration | mean ε |", "|---|---|---|---|---|"]
     for level in LEVELS:
         for s, h in zip(seeds, hist[level]):
             lines.append(f"| mcts_dpo_{level} | {s} | " + " → ".join(f"{r['eval_greedy']:.3f}" for r in h) + " | " +
-                         ", ".join(str(r.get("pairs", 0)) for r in h[1:]) + " | " +
+                         ", ".join(f"{r.get('pairs', 0)}/{r.get('step_pairs_available', 0)}" for r in h[1:]) +
+                         " | " +
                          ", ".join(f"{r.get('mean_label_smoothing', 0.0):.2f}" for r in h[1:]) + " |")
     measured = (f"held-out greedy accuracy after {SETTING['iterations']} iterations: step-level MCTS-DPO "
                 f"{_mean_sd(v['mcts_dpo_step'])}, instance-level DPO {_mean_sd(v['mcts_dpo_instance'])}, no training "
