@@ -56,7 +56,7 @@ def scripted_tree():
     return search.search(EX, [0])
 
 
-# ---- pairs -> batch ---------------------------------------------------------------------------------------------------
+# ---- pairs -> batch --------------------------------------------------------------------------------------------------
 
 PAIRS = [IdPair([5, 6, 7], [10, 11, 12, 2], [10, 13, 2], 1 / 6), IdPair([5], [20, 2], [21, 22, 23, 24, 2], 0.5)]
 
@@ -93,7 +93,7 @@ def test_pairs_to_batch_rejects_bad_pairs():
         pairs_to_batch([IdPair([1], [], [3], 0.1)], PAD)
 
 
-# ---- per-pair label smoothing reaches the loss --------------------------------------------------------------------
+# ---- per-pair label smoothing reaches the loss -----------------------------------------------------------------------
 
 def _toy_logprobs(batch, seq_logp, ref_logp):
     """Per-token log-probs putting each row's whole sequence log-prob on its last loss token."""
@@ -129,7 +129,7 @@ def test_per_pair_label_smoothing_reaches_the_dpo_loss_by_hand():
         dpo(lp, lp, torch.zeros_like(lp), b.token_weights, micro_batch=b, beta=0.5)
 
 
-# ---- an iteration on a scripted tree ----------------------------------------------------------------------------------
+# ---- an iteration on a scripted tree ---------------------------------------------------------------------------------
 
 def test_scripted_tree_gives_expected_step_and_instance_pairs():
     final, tree, path = scripted_tree()
@@ -154,7 +154,7 @@ def test_scripted_tree_gives_expected_step_and_instance_pairs():
     assert b.extras["label_smoothing"].tolist() == pytest.approx([0.25, 0.25, 0.0, 0.0])
 
 
-# ---- training on the pairs, the loop ----------------------------------------------------------------------------------
+# ---- training on the pairs, the loop ---------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
 def world():
@@ -213,7 +213,7 @@ def test_loop_deterministic_by_seed_and_writes_pairs(world, tmp_path):
         mcts_dpo(engine, task, reference="ema", **kw)
 
 
-# ---- the replay engine's token-id path ----------------------------------------------------------------------------
+# ---- the replay engine's token-id path -------------------------------------------------------------------------------
 
 def test_replay_engine_replays_token_ids_and_per_pair_smoothing(tmp_path):
     from entropo import models

@@ -28,7 +28,8 @@ single-child chains, after the prompt and the steps chosen so far), and trains D
 The comparison arm ``level="instance"`` is the paper's instance-level DPO: from the same search trees, whole
 responses (the finished leaves' sampled ids under the bare prompt) with different values, the higher chosen — at
 most as many pairs per prompt as the step-level rule gives on that tree (equal numbers of pairs where the tree has
-enough distinct correct/wrong responses; the counts are logged), no label smoothing. ``level="none"`` trains nothing (evaluation only).
+enough distinct correct/wrong responses; the counts are logged), no label smoothing. ``level="none"`` trains
+nothing (evaluation only).
 
 Also a program recipe: ``entropo run mcts_dpo`` (``mcts_dpo_program``).
 """
