@@ -78,9 +78,10 @@ def run(cfg, out_dir: Path, console) -> CustomResult:
     lines = [f"**Setup:** tiny model after the `search_tiny` SFT warm-up (cached per seed); per iteration MCTS "
              f"({SETTING['mcts_params']['n_iters']} iterations per move, 4x at the root, 2 actions, verifier value) "
              f"on {SETTING['prompts_per_iter']} fresh training prompts, then DPO (β {SETTING['beta']}, lr "
-             f"{SETTING['lr']}, {SETTING['dpo_epochs']:g} passes over the iteration's pairs, frozen SFT reference); held-out greedy "
-             f"accuracy on {N_EVAL} problems after each iteration.", "",
-             "| arm | seed | accuracy per iteration (0 → 3) | pairs trained / step-level pairs, per iteration | mean ε |",
+             f"{SETTING['lr']}, {SETTING['dpo_epochs']:g} passes over the iteration's pairs, frozen SFT reference); "
+             f"held-out greedy accuracy on {N_EVAL} problems after each iteration.", "",
+             "| arm | seed | accuracy per iteration (0 → 3) | pairs trained / step-level pairs per iteration | "
+             "mean ε |",
              "|---|---|---|---|---|"]
     for level in LEVELS:
         for s, h in zip(seeds, hist[level]):
