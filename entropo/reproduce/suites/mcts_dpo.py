@@ -55,6 +55,32 @@ def run_arm(seed: int, level: str, out_dir: Path, console) -> dict[str, Any]:
                    console)["history"]
 
 
+def step_pair_correctness(out_dir: Path) -> dict[str, int]:
+    """How many step-level pairs (from the written pair files) have a chosen / rejected first line that is the
+    correct next line of the chain (``arith_chain``'s ``chain_lines``, the ``arith_steps`` checker's rule)."""
+    import json
+    import re
+
+    from entropo.tasks.arith_chain import chain_lines
+
+    counts = {"both_right": 0, "chosen_right_only": 0, "rejected_right_only": 0, "both_wrong": 0}
+    for f in sorted(out_dir.glob("seed*/step/pairs_iter*.jsonl")):
+        for line in f.read_text().splitlines():
+            r = json.loads(line)
+            question, _, done = r["prompt"].partition("=")
+            gold = chain_lines([int(x) for x in re.findall(r"\d+", question)], re.findall(r"[+\-*]", question))
+            k = done.count("\n")
+
+            def right(text: str) -> bool:
+                return k < len(gold) and text.split("\n")[0].strip().replace(" ", "") == gold[k]
+
+            c, w = right(r["chosen"]), right(r["rejected"])
+            key = ("both_right" if c and w else "chosen_right_only" if c else "rejected_right_only" if w
+                   else "both_wrong")
+            counts[key] += 1
+    return counts
+
+
 def _mean_sd(values) -> str:
     v = np.asarray(values, dtype=float)
     return f"{v.mean():.3f} ± {v.std(ddof=1) if len(v) > 1 else 0.0:.3f}"
@@ -89,10 +115,17 @@ def run(cfg, out_dir: Path, console) -> CustomResult:
                          ", ".join(f"{r.get('pairs', 0)}/{r.get('step_pairs_available', 0)}" for r in h[1:]) +
                          " | " +
                          ", ".join(f"{r.get('mean_label_smoothing', 0.0):.2f}" for r in h[1:]) + " |")
+    steps = step_pair_correctness(out_dir)
+    lines += ["", "**Are the step-level preferences right?** First line of the chosen vs rejected step checked against "
+              "the correct next line of the chain, over all step pairs of all seeds and iterations: " +
+              ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in steps.items()) + ". With the verifier as the only "
+              "value, a step's Q says whether random continuations reached the right final number, not whether the "
+              "step is right, and the warmed-up tiny model rarely writes a right intermediate line."]
     measured = (f"held-out greedy accuracy after {SETTING['iterations']} iterations: step-level MCTS-DPO "
                 f"{_mean_sd(v['mcts_dpo_step'])}, instance-level DPO {_mean_sd(v['mcts_dpo_instance'])}, no training "
                 f"{_mean_sd(v['mcts_dpo_none'])} ({len(seeds)} seeds)")
-    return CustomResult(verdict, measured, checks, lines, [], {"history": hist, "accuracy": v})
+    return CustomResult(verdict, measured, checks, lines, [], {"history": hist, "accuracy": v,
+                                                               "step_pair_correctness": steps})
 
 
 EXPERIMENTS: list[Experiment] = [
