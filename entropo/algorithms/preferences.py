@@ -142,6 +142,24 @@ def _per_row(loss: Tensor, rows: Tensor, size: int) -> Tensor:
     return torch.zeros(size, dtype=loss.dtype, device=loss.device).index_add(0, rows, loss)
 
 
+PAIR_SMOOTHING = "label_smoothing"  # Batch.extras key of a per-pair (per-row) DPO label smoothing
+
+
+def pair_label_smoothing(micro_batch: Batch, better: Tensor, default: float) -> Tensor | float:
+    """The label smoothing of each comparison: ``micro_batch.extras["label_smoothing"]`` on its better row when the
+    batch carries one (per-pair confidence, e.g. MCTS-DPO's visit counts), else the objective's scalar ``default``."""
+    per_row = micro_batch.extras.get(PAIR_SMOOTHING) if micro_batch.extras else None  # [B] or [B, L]
+    if per_row is None:
+        return default
+    eps = per_row[better].float()
+    if eps.dim() > 1:  # an engine's [B, L] extras tensor, constant along the row: its first column
+        eps = eps.reshape(eps.shape[0], -1)[:, 0]
+    if eps.numel() and (bool((eps < 0).any()) or bool((eps > 0.5).any())):
+        raise ValueError(f"dpo: Batch.extras[{PAIR_SMOOTHING!r}] must be in [0, 0.5] per pair, got values in "
+                         f"[{float(eps.min()):.3g}, {float(eps.max()):.3g}]; fix the pair builder's smoothing")
+    return eps
+
+
 @register("objective", "dpo", paper="DPO, Direct Preference Optimization (Rafailov et al.), arXiv 2305.18290; "
           "IPO arXiv 2310.12036; cDPO label smoothing", level="pair", needs_ref=True)
 def dpo(logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: Tensor, micro_batch: Batch | None = None,
@@ -149,7 +167,9 @@ def dpo(logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: Tensor
     """Pairwise DPO family over the micro-batch's linked pairs; returns a per-row loss [B] (``level="pair"``).
 
     ``loss``: ``sigmoid`` (DPO, arXiv 2305.18290), ``hinge``, ``ipo`` (arXiv 2310.12036); ``label_smoothing`` eps in
-    [0, 0.5) is conservative DPO. ``advantages`` are ignored: the preference is the pair's order."""
+    [0, 0.5) is conservative DPO. A per-pair smoothing overrides it: ``Batch.extras["label_smoothing"]`` [B], read on
+    each comparison's better row, each value in [0, 0.5] (MCTS-DPO's visit-count confidence, arXiv 2405.00451, caps
+    eps at 0.5). ``advantages`` are ignored: the preference is the pair's order."""
     if loss not in DPO_LOSSES:
         raise ValueError(f"dpo: loss must be one of {list(DPO_LOSSES)}, got {loss!r}")
     if beta <= 0:
@@ -161,7 +181,7 @@ def dpo(logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: Tensor
                   "with needs_ref=True")
     seq, ref_seq = sequence_logprobs(logprobs, mask), sequence_logprobs(ref, mask)
     r = seq - ref_seq
-    pair_loss = dpo_pair_loss(r[w] - r[l_], beta, loss, label_smoothing)
+    pair_loss = dpo_pair_loss(r[w] - r[l_], beta, loss, pair_label_smoothing(micro_batch, w, label_smoothing))
     metrics = _pair_metrics(seq, ref_seq, sequence_logprobs(old_logprobs, mask), w, l_, micro_batch)
     metrics["pair_loss"] = pair_loss.detach().mean() if pair_loss.numel() else torch.tensor(0.0)
     return _per_row(pair_loss, w, logprobs.shape[0]), metrics

@@ -84,6 +84,28 @@ def load_preference_rows(path: str, fmt: str | None = None) -> list[dict[str, An
     return rows
 
 
+ID_COLUMNS = ("prompt_ids", "chosen_ids", "rejected_ids")
+
+
+def token_id_columns(row: dict[str, Any], index: int) -> dict[str, list[int]]:
+    """The row's token-id columns (``prompt_ids``/``chosen_ids``/``rejected_ids``, e.g. written by MCTS-DPO's
+    ``write_pairs_jsonl``): all three as int lists, or none. The engine ``preference_replay`` then trains on these
+    ids as they are (no re-encoding of the text)."""
+    present = [c for c in ID_COLUMNS if row.get(c) is not None]
+    if not present:
+        return {}
+    if len(present) != len(ID_COLUMNS):
+        raise ValueError(f"preferences: row {index} has {present} but not all of {list(ID_COLUMNS)}; give all three "
+                         f"token-id columns or none")
+    out = {}
+    for c in ID_COLUMNS:
+        ids = row[c]
+        if not isinstance(ids, (list, tuple)) or not all(isinstance(t, int) and t >= 0 for t in ids):
+            raise ValueError(f"preferences: row {index}, column {c!r} must be a list of non-negative token ids")
+        out[c] = [int(t) for t in ids]
+    return out
+
+
 class PreferenceTask:
     """Prompt/chosen/rejected rows with a seeded held-out split. Build it with the registered factory."""
 
@@ -104,8 +126,14 @@ class PreferenceTask:
         prompt = [dict(m) for m in raw] if isinstance(raw, list) else make_prompt(str(raw), self.chat,
                                                                                    self.system_prompt)
         chosen, rejected = str(row[c_col]), str(row[r_col])
-        return Example(prompt=prompt, answer=chosen, target=chosen,
-                       meta={"task": self.name, "row": r, "split": split, "chosen": chosen, "rejected": rejected})
+        meta = {"task": self.name, "row": r, "split": split, "chosen": chosen, "rejected": rejected}
+        meta.update(token_id_columns(row, r))
+        if row.get("label_smoothing") is not None:  # a per-pair DPO smoothing (MCTS-DPO's visit-count confidence)
+            eps = float(row["label_smoothing"])
+            if not 0.0 <= eps <= 0.5:
+                raise ValueError(f"preferences: row {r}, label_smoothing must be in [0, 0.5], got {eps}")
+            meta["label_smoothing"] = eps
+        return Example(prompt=prompt, answer=chosen, target=chosen, meta=meta)
 
     def train_size(self) -> int:
         return len(self._train_idx)
