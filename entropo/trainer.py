@@ -898,16 +898,18 @@ def score_phase(run: Run, batch: Batch) -> None:
     if run.ref_model is not None:
         with run.ref_scope():
             batch.ref_logprobs, _, _ = score_sharded(run, run.ref_model, batch, **score_kw)
-    if run.snapshot is not None:
-        batch.snapshot_logprobs, _, _ = score_sharded(run, run.snapshot.model, batch, **score_kw)
+    snapshot = getattr(run, "snapshot", None)  # the previous iterate (INPO); absent from partial test runs
+    if snapshot is not None:
+        batch.snapshot_logprobs, _, _ = score_sharded(run, snapshot.model, batch, **score_kw)
 
 
 def score_sharded(run: Run, model, batch: Batch, **kw):
     """``score_tokens`` over the batch; in a data-parallel run each process scores every ``world``-th row and the
     results are gathered, so every process holds the whole batch's values."""
-    if not run.dist.enabled:
+    dist = getattr(run, "dist", None)  # a partial run (tests build one from a namespace) is one process
+    if dist is None or not dist.enabled:
         return score_tokens(model, batch, **kw)
-    mine = list(range(run.dist.rank, batch.size, run.dist.world))
+    mine = list(range(dist.rank, batch.size, dist.world))
     part = None
     if mine:
         lp, ent, ex = score_tokens(model, batch.select(mine), **kw)
@@ -915,7 +917,7 @@ def score_sharded(run: Run, model, batch: Batch, **kw):
     logprobs = torch.zeros(tuple(batch.input_ids.shape), dtype=torch.float32, device=batch.input_ids.device)
     entropy = torch.zeros_like(logprobs)
     extras: dict[str, Tensor] = {k: torch.zeros_like(logprobs) for k in (kw.get("token_fns") or {})}
-    for got in run.dist.all_gather_object(part):
+    for got in dist.all_gather_object(part):
         if got is None:
             continue
         rows, lp, ent, ex = got
