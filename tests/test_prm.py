@@ -162,6 +162,8 @@ def test_prm_save_load_round_trip(tmp_path):
     again = load_prm(tmp_path / "prm")
     assert again.predict(seqs, [[0, 3], [1], [0]]) == before
     assert again.predict_last(seqs) == [before[0][1], before[1][0], before[2][0]]
+    # left padding does not change a sequence's values
+    assert again.predict_last([[7]]) == pytest.approx([before[2][0]], abs=1e-5)
     with pytest.raises(ValueError, match="needs config.json and model.safetensors"):
         load_prm(tmp_path / "nowhere")
 

@@ -66,7 +66,11 @@ class PRM(nn.Module):
         return prm
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        # positions count real tokens only, so a sequence's values do not depend on how much left padding its
+        # batch needs (training batches and search batches are padded differently)
+        positions = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
+        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask,
+                               position_ids=positions).last_hidden_state
         return self.head(hidden).squeeze(-1)
 
     def _pad(self, seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:

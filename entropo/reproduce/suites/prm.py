@@ -5,7 +5,7 @@
 search on held-out chains, against the model's own mean log-prob (the other scorer that reads no answer) and
 unguided sampling (best-of-1); the oracle scorers (the outcome verifier and the ``arith_steps`` process checker,
 both read the gold answer) are reported as ceilings. Per seed: the ``search_tiny`` warm-up (cached), 48 training
-prompts × 2 samples labelled with 4 completions per step prefix, 150 PRM steps, then 32 held-out problems.
+prompts × 2 samples labelled with 4 completions per step prefix, 150 PRM steps, then 96 held-out problems.
 
 Paper: "Rewarding Progress: Scaling Automated Process Verifiers for LLM Reasoning" (Setlur et al., arXiv 2410.08146).
 """
@@ -26,7 +26,7 @@ ARMS: dict[str, Arm] = {}  # custom experiment: no trainer-run arms
 PAPER = "PAV, Rewarding Progress: Scaling Automated Process Verifiers (arXiv 2410.08146)"
 SAMPLER = {"temperature": 1.0, "max_step_tokens": 16, "max_steps": 6, "max_tokens": 40}
 PRM_SETTING = {"prompts": 48, "samples": 2, "labels": "mc", "n_mc": 4, "steps": 150, "lr": 1e-3, "init": "policy"}
-N_EVAL = 32
+N_EVAL = 96  # first run: 32 (one problem = 0.031 of accuracy; too coarse to separate the scorers)
 POINTS = [("best_of_n", 1, "logprob"), ("best_of_n", 4, "prm"), ("best_of_n", 4, "logprob"), ("beam", 2, "prm"),
           ("beam", 2, "logprob"), ("best_of_n", 4, "outcome"), ("best_of_n", 4, "arith_steps")]
 
