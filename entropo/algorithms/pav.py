@@ -139,6 +139,23 @@ def _prefix_partials(batch: Batch, step_index: Tensor) -> tuple[list[Any], list[
     return partials, where
 
 
+_PRM_CACHE: dict[tuple[str, float], Any] = {}
+
+
+def _load_prm_cached(path: str) -> Any:
+    """The PRM at ``path``, loaded once per file version (the shaping runs every step)."""
+    from pathlib import Path
+
+    from entropo.search.prm import WEIGHTS_FILE, load_prm
+
+    weights = Path(path) / WEIGHTS_FILE
+    key = (path, weights.stat().st_mtime if weights.exists() else -1.0)
+    if key not in _PRM_CACHE:
+        _PRM_CACHE.clear()
+        _PRM_CACHE[key] = load_prm(path)
+    return _PRM_CACHE[key]
+
+
 @register("shaping", "pav", paper="PAV, Rewarding Progress (Setlur et al.), arXiv 2410.08146", stage="reward")
 def pav(batch: Batch, n_mc: int = 4, k: int = 4, source: str = "mc", prm_path: str | None = None, scale: float = 1.0,
         rule: str = "lines", max_tokens: int | None = None, temperature: float = 1.0,
@@ -178,9 +195,7 @@ def pav(batch: Batch, n_mc: int = 4, k: int = 4, source: str = "mc", prm_path: s
     else:
         if not prm_path:
             raise ValueError("pav: source='prm' needs prm_path (a folder written by `entropo run prm_train`)")
-        from entropo.search.prm import load_prm
-
-        model = load_prm(prm_path)
+        model = _load_prm_cached(str(prm_path))
         q_prefix = model.predict_last([p.ids for p in partials])
         finals = [batch.input_ids[b][batch.attention_mask[b] > 0].tolist() for b in range(batch.size)]
         q_final = model.predict_last(finals)

@@ -66,8 +66,8 @@ class PRM(nn.Module):
         return prm
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        # positions count real tokens only, so a sequence's values do not depend on how much left padding its
-        # batch needs (training batches and search batches are padded differently)
+        # positions count real tokens only, as in the policy's scoring pass (with RoPE the left padding of a batch
+        # changes only absolute positions, so values agree across paddings up to rounding either way)
         positions = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
         hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask,
                                position_ids=positions).last_hidden_state
