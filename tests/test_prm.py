@@ -238,3 +238,12 @@ def test_pav_shaping_from_a_learned_pav(tmp_path, tok):
     assert (batch.token_rewards[batch.response_mask == 0] == 0).all()
     with pytest.raises(ValueError, match="source must be"):
         pav(batch, source="oracle", step_ctx=ctx)
+
+
+def test_cli_scorer_param_is_parsed_or_one_clear_error():
+    from typer.testing import CliRunner
+
+    from entropo.cli import app
+
+    out = CliRunner().invoke(app, ["search", "tiny", "--task", "arith_chain", "--scorer-param", "oops"])
+    assert out.exit_code != 0 and "--scorer-param 'oops': expected KEY=VALUE" in out.output
