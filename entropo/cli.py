@@ -232,6 +232,8 @@ def search(
                                 "iterations per move."),
     scorer: str = typer.Option("outcome", "--scorer", help="outcome (the task's verifier), rollout (Monte-Carlo "
                                "value), logprob (model confidence), arith_steps (process checker), or module:factory."),
+    scorer_param: list[str] = typer.Option([], "--scorer-param", help="KEY=VALUE for the scorer's constructor "
+                                           "(repeatable; YAML values), e.g. --scorer-param path=runs/prm_train/prm."),
     eval_size: int = typer.Option(32, "--eval-size", help="Held-out problems to search."),
     max_tokens: int = typer.Option(64, "--max-tokens", help="Response token budget of one solution."),
     seed: int = typer.Option(0, "--seed"),
@@ -246,7 +248,16 @@ def search(
         sizes = [int(b) for b in budgets.split(",") if b.strip()]
     except ValueError:
         _fail(f"--budget {budgets!r}: expected comma-separated integers, e.g. 1,2,4")
+    import yaml
+
+    scorer_params = {}
+    for item in scorer_param:
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            _fail(f"--scorer-param {item!r}: expected KEY=VALUE, e.g. path=runs/prm_train/prm")
+        scorer_params[key.strip()] = yaml.safe_load(value)
     res = run_search(target, out, task=task, strategies=names, budgets=sizes, scorer=scorer, eval_size=eval_size,
+                     scorer_params=scorer_params or None,
                      seed=seed, max_tokens=max_tokens, overrides=list(set_),
                      console=lambda text: console.print(text, highlight=False))
     console.print(f"results: {out / 'results.json'}\nplot:    {res['plot']}")
