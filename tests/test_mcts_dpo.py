@@ -19,36 +19,7 @@ EX = Example(prompt="q", answer="1")
 PAD = 99
 
 
-class ScriptedSampler:
-    """next_steps from a script: response ids -> [(token id, prob, finished)], one token per step."""
-
-    def __init__(self, script):
-        self.script, self.tokens = script, 0
-
-    def next_steps(self, partials, n):
-        out = []
-        for p in partials:
-            kids = self.script[tuple(p.response_ids)][:n]
-            self.tokens += len(kids)
-            out.append([Partial(p.example, p.prompt_ids, p.steps + (Step((t,), (math.log(q),), "stop"),), done)
-                        for t, q, done in kids])
-        return out
-
-
-class TableScorer:
-    name = "table"
-
-    def __init__(self, values):
-        self.values = values
-
-    def score(self, partials):
-        return [self.values[p.response_ids[-1]] for p in partials]
-
-
-# root -> A (p .6, v .2), B (p .4, v .5); A -> A1 (v 1, end), A2 (v -1, end); B -> B1, B2 (v -1, end)
-TREE = {(): [(1, 0.6, False), (2, 0.4, False)], (1,): [(3, 0.5, True), (4, 0.5, True)],
-        (2,): [(5, 0.7, True), (6, 0.3, True)]}
-VALUES = {1: 0.2, 2: 0.5, 3: 1.0, 4: -1.0, 5: -1.0, 6: -1.0}
+from search_toys import TREE, VALUES, ScriptedSampler, TableScorer  # noqa: E402
 
 
 def scripted_tree():
