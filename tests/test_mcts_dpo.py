@@ -9,10 +9,9 @@ import pytest
 import torch
 
 from entropo.algorithms.preferences import dpo
-from entropo.search.mcts import MCTS, Node, tree_pairs
+from entropo.search.mcts import MCTS, tree_pairs
 from entropo.search.mcts_dpo import (IdPair, common_prefix, dpo_on_pairs, instance_pairs, iteration_pairs, mcts_dpo,
                                      pairs_to_batch)
-from entropo.search.steps import Partial, Step, root
 from entropo.types import Example
 
 EX = Example(prompt="q", answer="1")
