@@ -36,4 +36,5 @@ from entropo.algorithms import alphaopt, conformal_ip  # noqa: F401  (program re
 from entropo.algorithms import preferences  # noqa: F401  (dpo, ipo, inpo, preference_pairs)
 from entropo.search import expert  # noqa: F401  (program recipe expert_iteration: entropo run)
 from entropo.search import mcts_dpo as _mcts_dpo  # noqa: F401  (program recipe mcts_dpo: entropo run)
+from entropo.search import tattoo as _tattoo  # noqa: F401,E402  (program recipe tattoo: entropo run)
 from entropo.algorithms import pav  # noqa: F401  (pav shaping, process_advantage; program prm_train)
