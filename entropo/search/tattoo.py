@@ -314,4 +314,7 @@ def tattoo_program(out_dir, seed: int, console, n_eval: int = 200, ns: list = (1
     for n, row in res["best_of_n"].items():
         console(f"best-of-{n}: " + ", ".join(f"{k} {x:.3f}" for k, x in row.items()))
     Path(out_dir, "tattoo.json").write_text(json.dumps(res, indent=1))
-    return res
+    flat = {f"{v}/step_label_accuracy": res["labels"][v]["step_label_accuracy"] for v in VERIFIERS}
+    big = max(res["best_of_n"])
+    flat.update({f"best_of_{big}/{k}": x for k, x in res["best_of_n"][big].items()})
+    return {**flat, **res}
