@@ -163,3 +163,11 @@ def test_measurement_small(tmp_path):
     assert (tmp_path / "tattoo.json").exists() and set(res["best_of_n"]) == {1, 2}
     with pytest.raises(ValueError, match="p_gold"):
         tattoo_program(tmp_path, 0, lambda *_: None, p_gold=2.0)
+
+
+def test_reproduce_experiments_are_collected():
+    from entropo.reproduce.experiments import EXPERIMENTS
+
+    mine = {e.name: e for e in EXPERIMENTS if e.name.startswith("tattoo_")}
+    assert set(mine) == {"tattoo_tool_verify", "tattoo_model_bon"}
+    assert all(e.kind == "custom" and e.suite == "preferences" and e.run is not None for e in mine.values())
