@@ -171,3 +171,11 @@ def test_reproduce_experiments_are_collected():
     mine = {e.name: e for e in EXPERIMENTS if e.name.startswith("tattoo_")}
     assert set(mine) == {"tattoo_tool_verify", "tattoo_model_bon"}
     assert all(e.kind == "custom" and e.suite == "preferences" and e.run is not None for e in mine.values())
+
+
+def test_scorers_by_import_path():
+    from entropo.search.scorers import make_scorer
+
+    for path, name in [("entropo.search.tattoo:tool_scorer", "tattoo_tool"),
+                       ("entropo.search.tattoo:no_tool_scorer", "tattoo_no_tool")]:
+        assert make_scorer(path, task=None, tokenizer=None, sampler=None).name == name
