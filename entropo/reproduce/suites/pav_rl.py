@@ -5,7 +5,9 @@ dense per-step progress rewards A^μ under a Best-of-K prover, added to the outc
 efficiency of online RL over outcome rewards alone (more accuracy at equal steps). Both arms run the shipped
 ``pav_tiny`` recipe (same SFT warm-up, task ``arith_chain``, 8 prompts x 4 samples per step, objective); the baseline
 only drops the ``pav`` shaping and uses ``advantage: grpo``. Evaluation: greedy, once at the end, on 128 held-out
-chains. Measures registered here:
+chains. Also run, outside the checks: ``pav_rl_sft`` (the warmed-up model, no RL step) and the same pair at one
+pre-declared lower learning rate (3e-4; at the shipped 1e-3 both arms lose the warm-up's accuracy within 25 steps).
+Measures registered here:
 
 - ``pav_zero_signal_groups``: mean over steps of the fraction of groups with no learning signal. PAV arm: equal
   outcomes and zero progress on every step (``shaping/pav_zero_signal_group_frac``); GRPO arm: equal outcomes
