@@ -13,7 +13,7 @@ import torch
 
 from entropo import registry
 from entropo.algorithms.pav import (bok_success, mc_prover_values, pav, place_step_rewards, process_advantage,
-                                    progress, step_end_mask)
+                                    progress, step_end_mask, zero_signal_group_frac)
 from entropo.algorithms.segments import step_ids
 from entropo.batch import Batch
 from entropo.models.tiny import tiny_tokenizer
@@ -85,6 +85,23 @@ def test_process_advantage_hand_values(tok):
     assert torch.equal(process_advantage(plain, step_ctx=ctx), registry.get("advantage", "grpo")(plain))
     with pytest.raises(ValueError, match="mode must be"):
         process_advantage(batch, mode="sum", step_ctx=ctx)
+
+
+def test_zero_signal_groups_need_equal_outcomes_and_no_progress(tok):
+    # 4 groups of 2 rows: (equal outcomes, no progress) -> no signal; (equal outcomes, one nonzero progress) -> signal;
+    # (different outcomes, no progress) -> signal; (equal outcomes 0, progress that cancels to 0 in sum) -> signal
+    rewards = torch.tensor([1.0, 1.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0])
+    groups = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+    dense = torch.zeros(8, 5)
+    dense[3, 2] = 0.25
+    dense[6, 1], dense[6, 3] = 0.5, -0.5
+    assert zero_signal_group_frac(rewards, groups, dense) == pytest.approx(1 / 4)
+    assert zero_signal_group_frac(rewards, groups, torch.zeros(8, 5)) == pytest.approx(3 / 4)  # GRPO's count
+    # consistent with process_advantage: a signal-free group gets advantage exactly 0 on every token
+    batch = make_batch(tok, "1+2=", ["1\n2", "3\n4"], [1.0, 1.0], [0, 0])
+    batch.token_rewards = place_step_rewards(step_ids(batch, tok, "lines"), [[0.0, 0.0], [0.0, 0.0]])
+    assert zero_signal_group_frac(batch.rewards, batch.group_ids, batch.token_rewards) == 1.0
+    assert process_advantage(batch, step_ctx=SimpleNamespace(tokenizer=tok)).abs().sum() == 0
 
 
 # ---- PAV on the tabular planted-subsequence toy ------------------------------------------------------------------
@@ -235,6 +252,7 @@ def test_pav_shaping_from_a_learned_pav(tmp_path, tok):
     assert batch.token_rewards[0].tolist() == pytest.approx(
         [0, 0, 0, 0, 0, 2 * (q[1] - q[0]), 2 * (q[2] - q[1]), 0, 0], abs=1e-6)
     assert metrics["pav_steps"] == 2.5
+    assert metrics["pav_zero_signal_group_frac"] == 0.0  # outcomes differ (1, 0): the group has a signal
     assert (batch.token_rewards[batch.response_mask == 0] == 0).all()
     with pytest.raises(ValueError, match="source must be"):
         pav(batch, source="oracle", step_ctx=ctx)

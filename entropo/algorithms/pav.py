@@ -26,6 +26,7 @@ token, the newline that ends it, or the last response token):
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Callable, Sequence
 
 import torch
@@ -94,6 +95,22 @@ def mc_prover_values(prefixes: list[Any], complete: Callable[[list[Any], int], l
         provers = [any(wins[j * k:(j + 1) * k]) for j in range(n_mc)]
         out.append(sum(provers) / n_mc)
     return out
+
+
+def zero_signal_group_frac(rewards: Tensor, group_ids: Tensor, dense: Tensor, tol: float = 1e-12) -> float:
+    """Fraction of groups that carry no learning signal under ``process_advantage``: every outcome reward of the
+    group is equal (its group-relative outcome advantage is 0) and every dense step reward of its rows is 0 (its
+    process term is 0). For outcome-only GRPO the second condition is always true (the trainer's
+    ``selection/zero_variance_group_frac``)."""
+    uniq, inv = torch.unique(group_ids, return_inverse=True)
+    if len(uniq) == 0:
+        return 0.0
+    r = rewards.double()
+    hi = torch.full((len(uniq),), -math.inf, dtype=torch.double).scatter_reduce(0, inv, r, "amax")
+    lo = torch.full((len(uniq),), math.inf, dtype=torch.double).scatter_reduce(0, inv, r, "amin")
+    dense_abs = dense.double().abs().amax(-1) if dense.numel() else torch.zeros_like(r)
+    busy = torch.zeros(len(uniq), dtype=torch.double).scatter_reduce(0, inv, dense_abs, "amax")
+    return float((((hi - lo) <= tol) & (busy <= tol)).double().mean())
 
 
 # ---- the batch side ---------------------------------------------------------------------------------------------
@@ -166,7 +183,8 @@ def pav(batch: Batch, n_mc: int = 4, k: int = 4, source: str = "mc", prm_path: s
     as μ, ``n_mc`` provers per prefix; q_H of the full response is its outcome (``batch.correct``). ``source="prm"``:
     q_h = a learned PAV's prediction (``prm_path``: a folder written by ``entropo run prm_train``), q_H likewise.
     Completions are capped at ``max_tokens`` response tokens (default: the recipe's ``rollout.max_new_tokens``).
-    Metrics: ``pav_steps`` (mean steps per row), ``pav_progress_abs`` (mean |A^μ|), ``pav_q0`` (mean q_0)."""
+    Metrics: ``pav_steps`` (mean steps per row), ``pav_progress_abs`` (mean |A^μ|), ``pav_q0`` (mean q_0),
+    ``pav_zero_signal_group_frac`` (groups with equal outcomes and no nonzero progress: ``zero_signal_group_frac``)."""
     from entropo.algorithms.segments import step_ids
 
     if source not in ("mc", "prm"):
@@ -215,6 +233,7 @@ def pav(batch: Batch, n_mc: int = 4, k: int = 4, source: str = "mc", prm_path: s
     batch.token_rewards = dense if batch.token_rewards is None else batch.token_rewards + dense
     flat = [abs(a) for row in scores for a in row]
     return {"pav_steps": sum(len(r) for r in scores) / max(1, batch.size),
+            "pav_zero_signal_group_frac": zero_signal_group_frac(batch.rewards, batch.group_ids, dense),
             "pav_progress_abs": sum(flat) / max(1, len(flat)), "pav_q0": sum(q0) / max(1, len(q0)), **extra}
 
 
