@@ -83,8 +83,30 @@ def test_split_evenly_and_shard_ownership():
     assert Dist(shards=2).own_shards() == [0, 1]
 
 
+def _assert_rank0_alone_writes(one: Path, two: Path) -> None:
+    # one metrics file, one set of checkpoints (the same as the one-process run's), no per-rank files
+    assert sorted(p.name for p in two.iterdir()) == sorted(p.name for p in one.iterdir())
+    assert sorted(p.name for p in (two / "checkpoints").iterdir()) == \
+        sorted(p.name for p in (one / "checkpoints").iterdir())
+
+
+@pytest.fixture(scope="module")
+def grpo_runs(tmp_path_factory):
+    """GRPO (ppo_clip, token-mean) for 3 steps: one process sampling two shards, and two processes."""
+    tmp = tmp_path_factory.mktemp("grpo")
+    overrides = TINY + ARITH + ["train.steps=3"]
+    _ok(_launch(tmp, "one", overrides, 1))
+    _ok(_launch(tmp, "two", overrides, 2))
+    return tmp, overrides
+
+
+def test_two_processes_equal_one_process_sampling_the_same_shards_grpo(grpo_runs):
+    tmp, _ = grpo_runs
+    _assert_same_run(tmp / "one", tmp / "two", 3)
+    _assert_rank0_alone_writes(tmp / "one", tmp / "two")
+
+
 @pytest.mark.parametrize("recipe,extra", [
-    (None, ARITH),  # GRPO advantages + ppo_clip, token-mean
     ("clip_cov", ARITH),  # whole-batch covariance top-k (scope=batch)
     ("loop", ["rollout.max_new_tokens=14", "rollout.max_episode_tokens=60", "environment.params.max_turns=3",
               "train.early_stop=null"]),  # multi-turn episodes on the object_store API environment
@@ -97,22 +119,18 @@ def test_two_processes_equal_one_process_sampling_the_same_shards(tmp_path, reci
     _ok(one)
     _ok(two)
     _assert_same_run(tmp_path / "one", tmp_path / "two", steps)
-    # rank 0 alone writes: one metrics file, one set of checkpoints, no per-rank files
-    assert sorted(p.name for p in (tmp_path / "two").iterdir() if p.name.startswith("ckpt")) == \
-        sorted(p.name for p in (tmp_path / "one").iterdir() if p.name.startswith("ckpt"))
 
 
-def test_two_process_run_killed_and_resumed_equals_the_straight_run(tmp_path):
-    overrides = TINY + ARITH + ["train.steps=3"]
-    _ok(_launch(tmp_path, "straight", overrides, 2))
+def test_two_process_run_killed_and_resumed_equals_the_straight_run(grpo_runs, tmp_path):
+    straight, overrides = grpo_runs
     _ok(_launch(tmp_path, "resumed", overrides, 2, stop_after=1))
     assert _final(tmp_path / "resumed")["run_state"]["step"] == 1
     _ok(_launch(tmp_path, "resumed", overrides, 2, resume=True))
-    _assert_same_run(tmp_path / "straight", tmp_path / "resumed", 3)
+    _assert_same_run(straight / "two", tmp_path / "resumed", 3)
 
 
 def test_a_rank_that_raises_stops_every_rank_with_its_error(tmp_path):
-    proc = _launch(tmp_path, "fail", TINY + ARITH + ["train.steps=3", "train.dist_timeout_s=600"], 2,
+    proc = _launch(tmp_path, "fail", TINY + ARITH + ["train.steps=3", "train.dist_timeout_s=600", "warmup.steps=0"], 2,
                    fail_rank=1, timeout=300)
     assert proc.returncode != 0
     assert "planted failure on rank 1" in proc.stdout + proc.stderr

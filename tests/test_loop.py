@@ -158,7 +158,7 @@ def _policy_update_with(early_stop, monkeypatch, epochs=2, mini_batches=3):
     model = torch.nn.Linear(2, 1)
     seen = []
 
-    def fake_accumulate(model_, mini, recipe, objective, regs):
+    def fake_accumulate(model_, mini, recipe, objective, regs, **_kw):  # whole=, dist= (data-parallel)
         seen.append(mini.size)
         for p in model_.parameters():
             p.grad = torch.ones_like(p)
