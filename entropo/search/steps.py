@@ -68,7 +68,7 @@ def root(example: Example, prompt_ids: list[int]) -> Partial:
 
 @dataclass
 class StepSampler:
-    """Extends partials with the model of an ``HFEngine`` (or any object with its ``_generate_micro_batch``).
+    """Extends partials with a rollout engine's ``turn_sampler`` (token ids in, token ids out).
 
     ``next_steps(partials, n)`` → n one-step children per partial; ``complete(partials, n)`` → n full completions
     per partial, split into steps afterwards at delimiter tokens. Randomness comes only from ``generator``.
@@ -94,19 +94,15 @@ class StepSampler:
 
     # ---- raw decoding ------------------------------------------------------------------------------------------
     def _decode_rows(self, contexts: list[list[int]], budgets: list[int], stop: list[str], temperature: float):
-        device = next(self.engine.model.parameters()).device
+        # the engine's public per-turn sampler (micro-batched by its max_batch_size; any engine: hf, vllm, ...)
+        sample_turn = self.engine.turn_sampler(temperature, self.top_p, self.generator)
         out = []
-        size = getattr(self.engine, "max_batch_size", 64)
-        for start in range(0, len(contexts), size):
-            rows, own = contexts[start:start + size], budgets[start:start + size]
-            ids, lps, _, why = self.engine._generate_micro_batch(rows, temperature, self.top_p, max(own), stop,
-                                                                 self.generator, device)
-            for r_ids, r_lp, r_why, budget in zip(ids, lps, why, own):
-                r_lp = [float(x) for x in r_lp.tolist()]
-                if len(r_ids) > budget:  # the micro-batch decoded to its longest budget: cut this row at its own
-                    r_ids, r_lp, r_why = r_ids[:budget], r_lp[:budget], "length"
-                self.tokens += len(r_ids)
-                out.append((list(r_ids), r_lp, r_why))
+        for (r_ids, r_lp, _, r_why), budget in zip(sample_turn(contexts, max(budgets, default=1), stop), budgets):
+            r_lp = [float(x) for x in r_lp.tolist()]
+            if len(r_ids) > budget:  # the batch decoded to its longest budget: cut this row at its own
+                r_ids, r_lp, r_why = r_ids[:budget], r_lp[:budget], "length"
+            self.tokens += len(r_ids)
+            out.append((list(r_ids), r_lp, r_why))
         return out
 
     def _is_delimiter(self, token_id: int) -> bool:
