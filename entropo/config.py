@@ -198,11 +198,14 @@ class TrainConfig(_Section):
         "less memory in the update for about one more forward of compute (the models' gradient checkpointing).")
     threads: int | None = Field(
         None, ge=1, description="torch intra-op CPU threads (None = torch's default, one per physical core).")
-    distributed: Literal["none", "ddp"] = Field(
+    distributed: Literal["none", "ddp", "fsdp"] = Field(
         "none", description="'ddp': data-parallel over the processes a launcher started (`torchrun --nproc-per-node N "
         "-m entropo train ...` or `accelerate launch -m entropo train ...`; gloo on CPU, NCCL on GPUs): each process "
         "samples its shard of the prompts, the batch is gathered so every whole-batch statistic is global, the update's "
-        "rows are split and gradients summed. Rank 0 alone logs, evaluates and writes checkpoints.")
+        "rows are split and gradients summed. Rank 0 alone logs, evaluates and writes checkpoints. 'fsdp': the same "
+        "split, with the policy's weights, gradients and AdamW moments sharded over the processes (FSDP2, one unit per "
+        "decoder layer); rollout, scoring and evaluation run on weights gathered once per step. Not with model.lora "
+        "or rollout.engine=vllm (use ddp).")
     dist_timeout_s: float = Field(
         1800.0, gt=0, description="How long a process waits in a collective for the others before failing (a rank "
         "that dies is normally noticed at once by the launcher, which stops the others).")

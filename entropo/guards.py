@@ -68,7 +68,9 @@ def nonfinite_params(model: torch.nn.Module) -> tuple[int, list[str]]:
 def check_weights(model: torch.nn.Module, when: str) -> None:
     """Raise NonFiniteError if any parameter holds NaN or inf."""
     with torch.no_grad():
-        finite = torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all()
+        # a sharded parameter (FSDP2) is checked on this process's shard: every shard is checked by its owner
+        finite = torch.stack([torch.isfinite(getattr(p, "to_local", lambda: p)()).all()
+                              for p in model.parameters()]).all()
     if bool(finite):
         return
     bad, names = nonfinite_params(model)

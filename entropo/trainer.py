@@ -247,10 +247,14 @@ def accumulate_gradients(model, mini: Batch, recipe: Recipe, objective: Bound, r
     weight_total = 0.0
     pg_loss_sum = total_loss_sum = 0.0  # micro-batch losses add up to the mini-batch loss
     seq_log_ratio_sum = 0.0  # sum over rows of each row's summed log(pi / pi_old) on its response tokens
-    for _rows, micro in mini.split_by_length(recipe.train.micro_batch_size):
+    micros = [micro for _rows, micro in mini.split_by_length(recipe.train.micro_batch_size)
+              if bool(micro.response_mask.any())]
+    for _ in range(dist.lockstep_padding(len(micros))):  # sharded weights: every process runs as many passes
+        logprobs, _entropy = ops.token_logprobs_and_entropy(model, whole.input_ids[:1], whole.attention_mask[:1],
+                                                            compute_mask=whole.response_mask[:1])
+        (logprobs.sum() * 0.0).backward()
+    for micro in micros:
         n_tok = float(micro.response_mask.sum())
-        if n_tok == 0:
-            continue
         logprobs, entropy, current = ops.token_logprobs_and_entropy(
             model, micro.input_ids, micro.attention_mask, chunk_size=recipe.train.logprob_chunk_size,
             temperature=recipe.rollout.temperature, compute_mask=micro.response_mask, token_fns=token_fns,
@@ -327,13 +331,14 @@ def policy_update(model, optimizer, scheduler, batch: Batch, recipe: Recipe, obj
             metrics = accumulate_gradients(model, mine, recipe, objective, regs, whole=mini, dist=dist)
             if not metrics:
                 continue
-            dist.all_reduce_grads(params)
+            dist.sync_grads(params)
             if early_stop is not None and early_stop.stop_update(metrics):
                 optimizer.zero_grad(set_to_none=True)
                 stopped = True
                 break
             clip = recipe.train.grad_clip
             grad_norm = torch.nn.utils.clip_grad_norm_(params, clip if clip is not None else float("inf"))
+            grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm  # sharded params
             if not guards.update_is_finite(optimizer, metrics.get("actor/loss"), grad_norm,
                                            recipe.train.max_nonfinite_steps):
                 skipped += 1  # a NaN/inf loss or gradient: no step (see entropo/guards.py)
@@ -588,12 +593,16 @@ def train(recipe: Recipe, *, run_dir: str | Path | None = None, resume: bool = F
         t_step = time.perf_counter()
         run.model.eval()  # no dropout while sampling and scoring
         ctx = run.step_ctx(step)
-        if run.snapshot is not None:
-            run.snapshot.refresh(run.model, step)  # the previous iterate, every train.snapshot_every steps
-        batch, metrics = rollout_phase(run, ctx)
+        # sharded weights (train.distributed=fsdp) are gathered for the passes that do not train; no-op otherwise
+        with run.dist.gathered(run.model, run.ref_model):
+            if run.snapshot is not None:
+                run.snapshot.refresh(run.model, step)  # the previous iterate, every train.snapshot_every steps
+            batch, metrics = rollout_phase(run, ctx)
+            if batch is not None:
+                metrics["time/score_s"] = timed(score_phase, run, batch)
+                metrics.update(advantage_phase(run, batch, ctx))
+                metrics.update(fit_auxiliaries(run, batch, ctx))
         if batch is not None:
-            metrics["time/score_s"] = timed(score_phase, run, batch)
-            metrics.update(advantage_phase(run, batch, ctx))
             metrics.update(update_phase(run, batch, ctx))
             metrics.update(batch_diagnostics(run, batch))
         finish_step(run, step, metrics, t_step)
@@ -634,6 +643,15 @@ def setup(recipe: Recipe, run_dir: str | Path | None, resume: bool, console: Cal
     device = distributed.device_for(dist)
     model, tokenizer = load_model(recipe, device)
     distributed.connect(dist, recipe.train.dist_timeout_s)
+    if dist.sharded:
+        for what, refused in (("model.lora", recipe.model.lora is not None),
+                              ("train.snapshot_every (a policy snapshot)", recipe.needs_snapshot())):
+            if refused:
+                raise ConfigError(f"train.distributed=fsdp does not support {what} yet; use train.distributed=ddp")
+        try:
+            model = dist.shard(model)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
     lora = None
     if recipe.model.lora is not None:
         from entropo.models.lora import LoRA
@@ -646,6 +664,9 @@ def setup(recipe: Recipe, run_dir: str | Path | None, resume: bool, console: Cal
     engine = registry.get("engine", recipe.rollout.engine)(model, tokenizer, chat_template=recipe.rollout.chat_template,
                                                            max_batch_size=recipe.rollout.max_batch_size,
                                                            **recipe.rollout.engine_params)
+    if dist.sharded and not getattr(engine, "supports_sharded_policy", True):
+        raise ConfigError(f"rollout.engine={recipe.rollout.engine} reads the policy's weights out of process, which "
+                          f"train.distributed=fsdp does not support yet; use train.distributed=ddp")
     eval_examples = task.eval_examples()[: recipe.eval.max_prompts]
     preflight.check_prompt_lengths(engine, task, eval_examples,
                                    recipe.rollout.max_episode_tokens or recipe.rollout.max_new_tokens)
@@ -707,9 +728,10 @@ def setup(recipe: Recipe, run_dir: str | Path | None, resume: bool, console: Cal
                 lora.fold_in()
                 if dist.is_main:
                     ckpt.atomic_torch_save(out_dir / LORA_BASE, lora.base_state_dict())
-        if dist.is_main:  # the same weights in every process: rank 0 evaluates
-            run.state.eval_start = evaluate(engine, task, run.eval_examples, recipe, recipe.seed + 3,
-                                            run.environment)
+        with dist.gathered(model):
+            if dist.is_main:  # the same weights in every process: rank 0 evaluates
+                run.state.eval_start = evaluate(engine, task, run.eval_examples, recipe, recipe.seed + 3,
+                                                run.environment)
     run.logger.truncate_after(run.state.step - 1)  # drop rows of steps this run will (re)do: each step is logged once
     if recipe.needs_snapshot():
         run.snapshot = PolicySnapshot(run.model, recipe.train.snapshot_every, recipe.model.dtype, run.device)
@@ -779,6 +801,14 @@ def load_reference_model(run: Run, fresh: bool):
     if run.lora is not None:
         return run.model  # computed under run.ref_scope: the base with the adapters off, no second model
     ref_path = run.out_dir / "reference.pt"
+    if run.dist.sharded:  # a fresh model of the same architecture, sharded like the policy
+        state = (run.dist.full_state_dict(run.model, everywhere=True) if fresh
+                 else torch.load(ref_path, map_location="cpu", weights_only=True))
+        ref_model = models.load_reference(models.blank_like(run.model), dtype=recipe.model.dtype, device=run.device)
+        ref_model.load_state_dict(state)
+        if fresh and run.dist.is_main:
+            ckpt.atomic_torch_save(ref_path, state)
+        return run.dist.shard(ref_model)
     ref_model = models.load_reference(run.model, dtype=recipe.model.dtype, device=run.device)
     if fresh and run.dist.is_main:
         ckpt.atomic_torch_save(ref_path, run.model.state_dict())
@@ -949,11 +979,11 @@ def advantage_phase(run: Run, batch: Batch, ctx: StepContext) -> dict[str, Any]:
 # ---- phase 4: update -------------------------------------------------------------------------------------------------
 
 def update_phase(run: Run, batch: Batch, ctx: StepContext) -> dict[str, Any]:
-    """The auxiliary slot (learned auxiliaries fitted on this batch), then the policy's optimizer steps."""
-    metrics = fit_auxiliaries(run, batch, ctx)
+    """The policy's optimizer steps (the learned auxiliaries were fitted on this batch just before, by
+    ``fit_auxiliaries``, while the policy's weights were still those the batch was scored with)."""
     run.model.train()
     t0 = time.perf_counter()
-    metrics |= policy_update(run.model, run.optimizer, run.scheduler, batch, run.recipe, run.objective, run.regs,
+    metrics = policy_update(run.model, run.optimizer, run.scheduler, batch, run.recipe, run.objective, run.regs,
                              run.update_gen, early_stop=run.early_stop, dist=run.dist)
     elapsed = time.perf_counter() - t0
     run.engine.after_update(run.model)
@@ -1009,11 +1039,12 @@ def finish_step(run: Run, step: int, metrics: dict[str, Any], t_step: float) -> 
     for comp in run.components:
         comp.update(metrics)
     state.step = step + 1
-    if (recipe.eval.every and state.step % recipe.eval.every == 0 and state.step < recipe.train.steps
-            and run.dist.is_main):  # the weights are the same in every process: rank 0 evaluates
+    if recipe.eval.every and state.step % recipe.eval.every == 0 and state.step < recipe.train.steps:
         run.model.eval()
-        metrics.update({f"eval/{k}": v for k, v in evaluate(run.engine, run.task, run.eval_examples, recipe,
-                                                             recipe.seed + 3, run.environment).items()})
+        with run.dist.gathered(run.model):
+            if run.dist.is_main:  # the weights are the same in every process: rank 0 evaluates
+                metrics.update({f"eval/{k}": v for k, v in evaluate(run.engine, run.task, run.eval_examples, recipe,
+                                                                     recipe.seed + 3, run.environment).items()})
     metrics.update({"time/step_s": time.perf_counter() - t_step, "peak_mem_mb": peak_memory_mb()})
     metrics.update(run.rewards.end_step())  # reward/budget_exhausted (with reward_budget_s); budgets renew per step
     if "entropy/mean" in metrics and not math.isnan(metrics["accuracy"]):
@@ -1029,16 +1060,30 @@ def finish_run(run: Run) -> dict[str, Any]:
     all of it in a data-parallel run)."""
     recipe, state = run.recipe, run.state
     summary: dict[str, Any] = {"run_dir": str(run.out_dir), "steps": state.step, "eval_start": state.eval_start}
-    if state.step >= recipe.train.steps and run.dist.is_main:
+    done = state.step >= recipe.train.steps
+    if done and run.dist.sharded:  # every process takes part in gathering the weights
         run.model.eval()
-        summary["eval_end"] = evaluate(run.engine, run.task, run.eval_examples, recipe, recipe.seed + 3,
-                                       run.environment)
+        with run.dist.gathered(run.model):
+            if run.dist.is_main:
+                summary["eval_end"] = evaluate(run.engine, run.task, run.eval_examples, recipe, recipe.seed + 3,
+                                               run.environment)
+        final_weights = run.dist.full_state_dict(run.model)
+    if done and run.dist.is_main:
+        run.model.eval()
+        if "eval_end" not in summary:
+            summary["eval_end"] = evaluate(run.engine, run.task, run.eval_examples, recipe, recipe.seed + 3,
+                                           run.environment)
         run.logger.log(state.step, {f"eval/{k}": v for k, v in summary["eval_end"].items()} | {"final": True})
         final_dir = run.out_dir / "final"
         if run.lora is not None:
             run.lora.save_final(final_dir, run.tokenizer, merged=recipe.model.lora.merge_final)
         else:
-            run.model.save_pretrained(final_dir)
+            if run.dist.sharded:  # an unsharded copy saves exactly what a one-process run saves (tied weights once)
+                plain = models.blank_like(run.model).to(dtype=next(iter(final_weights.values())).dtype)
+                plain.load_state_dict(final_weights)
+                plain.save_pretrained(final_dir)
+            else:
+                run.model.save_pretrained(final_dir)
             run.tokenizer.save_pretrained(final_dir)
         summary["final_model"] = str(final_dir)
         fit = diag.fit_entropy_performance([h["entropy"] for h in state.history],
@@ -1065,8 +1110,8 @@ def restore_checkpoint(run: Run, saved: dict[str, Any]) -> None:
             run.lora.load_base(torch.load(run.out_dir / LORA_BASE, map_location="cpu", weights_only=True))
         run.lora.load_trainable(saved["model"])
     else:
-        run.model.load_state_dict(saved["model"])
-    run.optimizer.load_state_dict(saved["optimizer"])
+        run.dist.load_full_state_dict(run.model, saved["model"])
+    run.dist.load_optimizer_state_dict(run.model, run.optimizer, saved["optimizer"])
     run.scheduler.load_state_dict(saved["scheduler"])
     run.sampler.load_state_dict(saved["sampler"])
     run.rollout_gen.set_state(saved["rollout_gen"])
@@ -1099,12 +1144,15 @@ def save_checkpoint(run: Run) -> Path | None:
     shard_gens = {s: g for part in run.dist.all_gather_object({s: g.get_state() for s, g in run.shard_gens.items()})
                   for s, g in part.items()}
     rng_by_rank = run.dist.all_gather_object(ckpt.rng_state())
+    # with sharded weights, gathering the model and optimizer state takes every process (rank 0 receives them)
+    model_state = run.lora.trainable_state_dict() if run.lora is not None else run.dist.full_state_dict(run.model)
+    optimizer_state = run.dist.optimizer_state_dict(run.model, run.optimizer)
     if not run.dist.is_main:
         run.dist.barrier()  # wait until rank 0 has written it
         return None
     payload = {
-        "model": run.lora.trainable_state_dict() if run.lora is not None else run.model.state_dict(),
-        "optimizer": run.optimizer.state_dict(),
+        "model": model_state,
+        "optimizer": optimizer_state,
         "scheduler": run.scheduler.state_dict(),
         "sampler": run.sampler.state_dict(),
         "rollout_gen": run.rollout_gen.get_state(),

@@ -1,6 +1,7 @@
-"""Data-parallel training on torch.distributed (gloo, CPU): two processes equal one process sampling the same two
-rollout shards — same weights and metrics — for ppo_clip (GRPO), Clip-Cov's whole-batch top-k and a multi-turn recipe;
-a killed-and-resumed two-process run equals the straight one; rank 0 alone writes; a raising rank stops the launch."""
+"""Data-parallel training on torch.distributed (gloo, CPU), replicated (ddp) and sharded (fsdp): two processes equal
+one process sampling the same two rollout shards — same weights and metrics — for ppo_clip (GRPO), Clip-Cov's
+whole-batch top-k, a multi-turn recipe and a pairwise one with a reference model; a killed-and-resumed two-process run
+equals the straight one; rank 0 alone writes; a raising rank stops the launch."""
 
 import json
 import os
@@ -106,19 +107,54 @@ def test_two_processes_equal_one_process_sampling_the_same_shards_grpo(grpo_runs
     _assert_rank0_alone_writes(tmp / "one", tmp / "two")
 
 
-@pytest.mark.parametrize("recipe,extra", [
-    ("clip_cov", ARITH),  # whole-batch covariance top-k (scope=batch)
-    ("loop", ["rollout.max_new_tokens=14", "rollout.max_episode_tokens=60", "environment.params.max_turns=3",
-              "train.early_stop=null"]),  # multi-turn episodes on the object_store API environment
-])
-def test_two_processes_equal_one_process_sampling_the_same_shards(tmp_path, recipe, extra):
-    steps = 2
-    overrides = TINY + extra + [f"train.steps={steps}"]
-    one = _launch(tmp_path, "one", overrides, 1, recipe)
-    two = _launch(tmp_path, "two", overrides, 2, recipe)
-    _ok(one)
-    _ok(two)
-    _assert_same_run(tmp_path / "one", tmp_path / "two", steps)
+RECIPES = {
+    "clip_cov": ARITH,  # whole-batch covariance top-k (scope=batch)
+    "loop": ["rollout.max_new_tokens=14", "rollout.max_episode_tokens=60", "environment.params.max_turns=3",
+             "train.early_stop=null"],  # multi-turn episodes on the object_store API environment
+    "dpo_online": ARITH,  # pairwise (linked rows stay in one process) with a reference model
+}
+
+
+@pytest.fixture(scope="module")
+def one_process_runs(tmp_path_factory):
+    """Each recipe's one-process run (sampling two shards), run once and shared by the ddp and fsdp tests."""
+    tmp, done = tmp_path_factory.mktemp("one"), {}
+
+    def get(recipe: str) -> tuple[Path, list[str]]:
+        overrides = TINY + RECIPES[recipe] + ["train.steps=2"]
+        if recipe not in done:
+            _ok(_launch(tmp, recipe, overrides, 1, recipe))
+            done[recipe] = tmp / recipe
+        return done[recipe], overrides
+    return get
+
+
+@pytest.mark.parametrize("mode,recipe", [("ddp", "clip_cov"), ("ddp", "loop"), ("fsdp", "clip_cov"),
+                                         ("fsdp", "dpo_online")])
+def test_two_processes_equal_one_process_sampling_the_same_shards(one_process_runs, tmp_path, mode, recipe):
+    one, overrides = one_process_runs(recipe)
+    _ok(_launch(tmp_path, "two", overrides + [f"train.distributed={mode}"], 2, recipe))
+    _assert_same_run(one, tmp_path / "two", 2)
+
+
+def test_fsdp_two_processes_equal_one_process_and_write_the_same_files(grpo_runs, tmp_path):
+    """train.distributed=fsdp (parameters, gradients and AdamW moments sharded): the same run as one process, the
+    same files, and a final model folder holding the same full weights."""
+    tmp, overrides = grpo_runs
+    _ok(_launch(tmp_path, "fsdp", overrides + ["train.distributed=fsdp"], 2))
+    _assert_same_run(tmp / "one", tmp_path / "fsdp", 3)
+    _assert_rank0_alone_writes(tmp / "one", tmp_path / "fsdp")
+    from safetensors.torch import load_file
+
+    final_one, final_two = (load_file(d / "final" / "model.safetensors") for d in (tmp / "one", tmp_path / "fsdp"))
+    assert final_one.keys() == final_two.keys()
+    for k in final_one:
+        torch.testing.assert_close(final_two[k], final_one[k], rtol=0, atol=1e-6)
+    # killed after one step and resumed: the straight run
+    _ok(_launch(tmp_path, "resumed", overrides + ["train.distributed=fsdp"], 2, stop_after=1))
+    assert _final(tmp_path / "resumed")["run_state"]["step"] == 1
+    _ok(_launch(tmp_path, "resumed", overrides + ["train.distributed=fsdp"], 2, resume=True))
+    _assert_same_run(tmp_path / "fsdp", tmp_path / "resumed", 3)
 
 
 def test_two_process_run_killed_and_resumed_equals_the_straight_run(grpo_runs, tmp_path):

@@ -162,6 +162,14 @@ def load(
     return _finish(model, tokenizer, device)
 
 
+def blank_like(model):
+    """A freshly initialised model of ``model``'s architecture and config (for a copy that ``copy.deepcopy`` cannot
+    make, e.g. of a model whose parameters FSDP shards); load weights into it."""
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_config(model.config)
+
+
 def load_reference(name_or_path, *, dtype: str | torch.dtype = "float32", gguf_file: str | None = None,
                    device: str | torch.device = "cpu", trust_remote_code: bool = False):
     """A frozen reference model (for KL terms): parameters have ``requires_grad=False`` and it is in eval mode.

@@ -20,6 +20,18 @@ from torch.utils.checkpoint import checkpoint
 def decoder_hidden_states(model, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor) -> Tensor:
     """Final hidden states ``[B, L, H]`` (after the last norm), without running the LM head."""
     decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
+    if decoder is not None and decoder is not model and _parameters_sharded(model):
+        # FSDP2 gathers the root's weights (embeddings, final norm, LM head) in the root's forward, which calling the
+        # body alone would skip: run the root, keep one position's logits, and take the body's output from a hook.
+        captured: list[Tensor] = []
+        handle = decoder.register_forward_hook(lambda _m, _a, out: captured.append(
+            out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]))
+        try:
+            model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False,
+                  logits_to_keep=1)
+        finally:
+            handle.remove()
+        return captured[0]
     if decoder is not None and decoder is not model:
         out = decoder(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
         return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
@@ -27,6 +39,15 @@ def decoder_hidden_states(model, input_ids: Tensor, attention_mask: Tensor, posi
     out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                 output_hidden_states=True, use_cache=False)
     return out.hidden_states[-1]
+
+
+def _parameters_sharded(model) -> bool:
+    """True for a model whose parameters FSDP2 shards (train.distributed: fsdp)."""
+    if not torch.distributed.is_available() or not torch.distributed.is_initialized():
+        return False
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(model, FSDPModule)
 
 
 def _logit_transform(model):

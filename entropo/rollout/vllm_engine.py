@@ -50,6 +50,8 @@ class VLLMEngine(HFEngine):
     ``enforce_eager`` skips graph capture; ``gpu_memory_utilization`` is vLLM's (on its CPU backend: the fraction of host
     RAM); ``kv_cache_gb`` fixes the KV cache size (default on CPU: 0.5 GB)."""
 
+    supports_sharded_policy = False  # the weight push reads whole tensors from the trainer's model, not FSDP shards
+
     def __init__(self, model, tokenizer, *, chat_template: str | bool = "auto", max_batch_size: int = 64,
                  env_workers: int = 8, dtype: str = "auto", max_model_len: int | None = None,
                  gpu_memory_utilization: float = 0.3, kv_cache_gb: float | None = None,
