@@ -386,8 +386,9 @@ def reproduce(
     suite: str = typer.Option("entropy", "--suite", help="Which experiments run when --only is not given: entropy "
                               "(the RLVR entropy methods) or another suite, e.g. agents."),
     scale_name: Optional[str] = typer.Option(None, "--scale", help="A named profile: its suite and scale, e.g. "
-                                             "smollm2 (the entropy methods on SmolLM2-135M-Instruct, hours of CPU; "
-                                             "docs/reproduce_smollm2.md). Resumable: rerun the same command."),
+                                             "smollm2 (the entropy methods on SmolLM2-135M-Instruct, hundreds of CPU-hours; "
+                                             "docs/reproduce_smollm2.md) or smollm2_cpu (its reduced CPU scale). "
+                                             "Resumable: rerun the same command."),
     budget_min: Optional[float] = typer.Option(None, "--budget-min", help="Start no new run once this many minutes "
                                                "would be exceeded (at least one run starts); rerun the same command "
                                                "to continue. E.g. 9 for 10-minute calls."),
@@ -407,7 +408,8 @@ def reproduce(
             _fail("--scale and --quick are two different scales: choose one")
         profile = PROFILES[scale_name]
         suite = profile.suite
-        cfg = SuiteConfig(**{**profile.config, **scale, **extra})
+        cfg = SuiteConfig(**{**profile.config, **scale, **extra,  # the user's --set come after the profile's
+                             "overrides": list(profile.config.get("overrides", [])) + list(set_)})
         default_dir = f"reproduce_{scale_name}"
     else:
         cfg = SuiteConfig.quick(**scale, **extra) if quick else SuiteConfig(**scale, **extra)

@@ -579,8 +579,11 @@ class Run:
 
 @runlock.holding_run_dir(lambda recipe, run_dir=None, **_: run_dir_for(recipe, run_dir))  # one run per run dir
 def train(recipe: Recipe, *, run_dir: str | Path | None = None, resume: bool = False,
-          stop_after: int | None = None, console: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run a recipe end to end. ``stop_after`` ends the process-local loop early (to test resume)."""
+          stop_after: int | None = None, console: Callable[[str], None] = print,
+          deadline: float | None = None) -> dict[str, Any]:
+    """Run a recipe end to end. ``stop_after`` ends the process-local loop early (to test resume); ``deadline`` (a
+    ``time.time()`` value) ends it at the first checkpoint written at or after that time, so a ``--resume`` goes on
+    from there with nothing lost."""
     if distributed.launched_rank() != 0:  # a data-parallel run speaks through rank 0
         console = lambda *_a, **_k: None  # noqa: E731
     run = setup(recipe, run_dir, resume, console)
@@ -607,6 +610,11 @@ def train(recipe: Recipe, *, run_dir: str | Path | None = None, resume: bool = F
             metrics.update(batch_diagnostics(run, batch))
         finish_step(run, step, metrics, t_step)
         progress.update(step, metrics)
+        every = run.recipe.checkpoint.every
+        if (deadline is not None and every and run.state.step % every == 0 and time.time() >= deadline
+                and run.state.step < run.recipe.train.steps):
+            console(f"deadline reached: stopped after the checkpoint of step {run.state.step}; --resume continues")
+            break
     progress.close()
     return finish_run(run)
 

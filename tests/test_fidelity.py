@@ -367,6 +367,32 @@ def test_budget_stops_starting_runs_and_the_next_call_continues(tmp_path, monkey
     assert calls == ["grpo", "clip_cov"] and not done.get("incomplete") and (tmp_path / "report.md").exists()
 
 
+def test_with_checkpoints_a_cut_off_run_resumes_where_it_stopped_and_equals_a_straight_run(tmp_path, monkeypatch,
+                                                                                              two_arm_suite):
+    """checkpoint_every > 0: the budget stops a run at a checkpoint (not only between runs), and the next call
+    resumes it there instead of starting over; the resumed run's metrics equal an uninterrupted run's."""
+    from entropo.reproduce.runner import SuiteConfig, run_suite
+
+    cfg = SuiteConfig(seeds=1, steps=2, eval_size=4, eval_n=2, overrides=TINY, checkpoint_every=1, budget_s=1e-6)
+    calls = _counting_train(monkeypatch)
+    first = run_suite(tmp_path / "cut", cfg, only=["resume_toy"], console=lambda *_: None)
+    cut_dir = tmp_path / "cut" / "runs" / "grpo" / "seed0"
+    assert calls == ["grpo"] and first["remaining"] == ["grpo seed 0", "clip_cov seed 0"]
+    assert [r["step"] for r in read_metrics_rows(cut_dir)] == [0]  # stopped at the checkpoint of step 1
+    while run_suite(tmp_path / "cut", cfg, only=["resume_toy"], console=lambda *_: None).get("incomplete"):
+        pass
+    assert calls[:2] == ["grpo", "grpo"] and calls.count("grpo") == 2  # resumed once, never started over
+    straight = SuiteConfig(seeds=1, steps=2, eval_size=4, eval_n=2, overrides=TINY, checkpoint_every=1)
+    run_suite(tmp_path / "straight", straight, only=["resume_toy"], console=lambda *_: None)
+    for arm in ("grpo", "clip_cov"):
+        a = [r for r in read_metrics_rows(tmp_path / "cut" / "runs" / arm / "seed0") if "accuracy" in r]
+        b = [r for r in read_metrics_rows(tmp_path / "straight" / "runs" / arm / "seed0") if "accuracy" in r]
+        assert [r["step"] for r in a] == [r["step"] for r in b] == [0, 1]
+        for ra, rb in zip(a, b):
+            for key in ("accuracy", "entropy/mean", "actor/pg_loss", "actor/grad_norm"):
+                assert ra[key] == pytest.approx(rb[key], rel=1e-6, abs=1e-7), (arm, ra["step"], key)
+
+
 def read_metrics_rows(run_dir):
     from entropo.logging import read_metrics
 

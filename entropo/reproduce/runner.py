@@ -33,6 +33,7 @@ from typing import Any
 
 import torch
 
+from entropo import checkpoint as ckpt
 from entropo.config import Recipe, dump_recipe, load_recipe
 from entropo.logging import read_metrics
 from entropo.reproduce.aggregate import Rows, final_row
@@ -57,6 +58,9 @@ class SuiteConfig:
     threads: int | None = 1
     fixed_steps: bool = False  # the user chose the step count (--steps): it wins over an experiment's own
     budget_s: float | None = None  # start no new run once elapsed + the longest run so far would exceed this
+    # > 0: each run checkpoints every this many steps; a run cut off (by budget_s or a kill) resumes from its newest
+    # checkpoint on the next call, exactly as the trainer's --resume (0: a cut-off run starts over)
+    checkpoint_every: int = 0
     eval_every: int | None = None  # held-out eval every this many steps (None: steps // 4; 0: at start and end only)
 
     @classmethod
@@ -70,7 +74,7 @@ class SuiteConfig:
         return [f"seed={seed}", f"train.steps={self.steps}", f"eval.max_prompts={self.eval_size}",
                 f"eval.n={self.eval_n}", f"eval.k={sorted({1, self.eval_n})}", "eval.temperature=1.0",
                 f"eval.every={every}", "logging.progress=false", "logging.tensorboard=false", "logging.plots=false",
-                "checkpoint.every=0", "checkpoint.keep=1"]
+                f"checkpoint.every={self.checkpoint_every}", "checkpoint.keep=1"]
 
 
 def arm_recipe(arm_name: str, seed: int, cfg: SuiteConfig) -> Recipe:
@@ -136,26 +140,38 @@ def is_reusable(arm_name: str, seed: int, cfg: SuiteConfig, out_dir: Path) -> bo
 
 
 def run_arm(arm_name: str, seed: int, cfg: SuiteConfig, out_dir: Path, console: Callable[[str], None],
-            train_fn: Callable | None = None) -> Path:
-    """Run (or reuse) one arm at one seed; returns its run directory."""
+            train_fn: Callable | None = None, deadline: float | None = None) -> Path | None:
+    """Run (or reuse, or resume) one arm at one seed; returns its run directory, or None when ``deadline`` (a
+    ``time.time()`` value; needs ``cfg.checkpoint_every``) stopped it at a checkpoint before its last step."""
     if train_fn is None:
         from entropo.trainer import train as train_fn
     run_dir = out_dir / "runs" / arm_name / f"seed{seed}"
     recipe = arm_recipe(arm_name, seed, cfg)
     key_file = run_dir / "repro_recipe.sha"
+    started_file = run_dir / "repro_recipe.started"  # the fingerprint of the run in progress (resumable if equal)
     if is_reusable(arm_name, seed, cfg, out_dir):
         console(f"  {arm_name} seed {seed}: reusing {run_dir}")
         return run_dir
-    if run_dir.exists():
-        shutil.rmtree(run_dir)
     fingerprint = recipe_fingerprint(recipe, cfg.threads)
+    resume = (cfg.checkpoint_every > 0 and started_file.exists() and started_file.read_text() == fingerprint
+              and ckpt.latest(run_dir) is not None)
+    if run_dir.exists() and not resume:
+        shutil.rmtree(run_dir)
     if cfg.cache_warmup and recipe.warmup.steps > 0:
         cache = out_dir / "warmup" / f"threads{cfg.threads or 'default'}"  # the numbers depend on the thread count
         recipe = from_warm_model(recipe, warmed_up_model(recipe, cache, train_fn, console))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    started_file.write_text(fingerprint)
     t0 = time.perf_counter()
-    train_fn(recipe, run_dir=run_dir, console=lambda *_: None)
+    kw = {"deadline": deadline} if deadline is not None and cfg.checkpoint_every > 0 else {}
+    summary = train_fn(recipe, run_dir=run_dir, console=lambda *_: None, resume=resume, **kw)
+    verb = "resumed and ran" if resume else "ran"
+    if not is_finished(run_dir):
+        console(f"  {arm_name} seed {seed}: {verb} to step {(summary or {}).get('steps', '?')} of {cfg.steps} in "
+                f"{time.perf_counter() - t0:.1f} s (stopped at a checkpoint: the next call resumes it)")
+        return None
     key_file.write_text(fingerprint)
-    console(f"  {arm_name} seed {seed}: {cfg.steps} steps in {time.perf_counter() - t0:.1f} s")
+    console(f"  {arm_name} seed {seed}: {verb} {cfg.steps} steps in {time.perf_counter() - t0:.1f} s")
     return run_dir
 
 
@@ -204,14 +220,22 @@ def run_suite(out_dir: str | Path, cfg: SuiteConfig, only: list[str] | None = No
                 for seed in range(cfg.seeds):
                     exp_cfg = configs[e.name]
                     new = not is_reusable(arm, seed, exp_cfg, out_dir)
-                    if new and cfg.budget_s is not None and longest > 0 \
-                            and time.perf_counter() - t0 + longest > cfg.budget_s:
+                    elapsed = time.perf_counter() - t0
+                    # with checkpoints a run may start whenever time is left (the deadline stops it at a checkpoint);
+                    # without, only if a run as long as the longest so far still fits
+                    needed = 0.0 if cfg.checkpoint_every > 0 else longest
+                    if new and cfg.budget_s is not None and longest > 0 and elapsed + needed >= cfg.budget_s:
                         remaining.append(f"{arm} seed {seed}")
                         continue
                     t_run = time.perf_counter()
-                    done.append(read_metrics(run_arm(arm, seed, exp_cfg, out_dir, console)))
+                    deadline = time.time() + cfg.budget_s - (time.perf_counter() - t0) if cfg.budget_s else None
+                    run_dir = run_arm(arm, seed, exp_cfg, out_dir, console, deadline=deadline)
                     if new:  # a reused run takes no time: only new runs size the budget
                         longest = max(longest, time.perf_counter() - t_run)
+                    if run_dir is None:  # stopped at a checkpoint by the budget
+                        remaining.append(f"{arm} seed {seed}")
+                        continue
+                    done.append(read_metrics(run_dir))
                 if len(done) == cfg.seeds:
                     runs[arm] = done
     finally:

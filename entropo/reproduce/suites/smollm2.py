@@ -136,7 +136,13 @@ EXPERIMENTS: list[Experiment] = [
 
 PROFILES = {
     "smollm2": Profile(
-        "smollm2", {"seeds": 3, "steps": 100, "eval_size": 64, "eval_n": 8, "eval_every": 0},
+        "smollm2", {"seeds": 3, "steps": 100, "eval_size": 64, "eval_n": 8, "eval_every": 0, "checkpoint_every": 5},
         "the entropy methods on SmolLM2-135M-Instruct (a+b+c with a short chain of thought), "
         "3 seeds x 100 steps, held-out pass@1 / pass@8 on 64 prompts x 8 samples"),
+    # The same arms and hyper-parameters at a scale a 2-core CPU can finish over several sessions (each run
+    # checkpoints every 5 steps, so a killed call loses at most 5 steps): half the prompts per step, 60 steps, 2 seeds.
+    "smollm2_cpu": Profile(
+        "smollm2", {"seeds": 2, "steps": 60, "eval_size": 64, "eval_n": 8, "eval_every": 0, "checkpoint_every": 5,
+                    "overrides": ["rollout.prompts_per_step=4"]},
+        "the smollm2 profile reduced for a CPU: 2 seeds x 60 steps of 4 prompts x 8 samples"),
 }
