@@ -342,41 +342,76 @@ def run_sides(spec: dict[str, Any], spec_path: Path, sides: list[str], timeout_s
     return results, loads
 
 
-def evaluate_all(spec: dict[str, Any], results: dict[str, Any], threads: int, console) -> dict[str, Any]:
-    """Base model + every snapshot of every side, scored by the one evaluator."""
+def eval_worker(spec_path: str, snapshot: str, out_path: str, threads: int) -> None:
+    """Score one set of weights (``base`` = the model as loaded) with the shared evaluator; writes a JSON file."""
     import torch
 
     from _tta_eval import evaluate_weights, prompt_ids
     from entropo.models import load
 
-    torch.set_num_threads(threads)
+    set_threads(threads)
+    spec = json.loads(Path(spec_path).read_text())
     task = make_task(spec)
-    held_out = task.eval_examples()
     model, tokenizer = load(spec["model_path"])
-    checks = {}
-    want = prompt_ids(tokenizer, task.train_example(0).prompt)  # each worker reports its ids of this prompt
-    for side, res in results.items():
-        checks[f"{side}_prompt_ids_equal_evaluator"] = res.get("prompt_ids_first") == want
-    base = evaluate_weights(model, tokenizer, task, held_out, spec["max_new_tokens"])
-    console(f"  base model: held-out accuracy {base['accuracy']:.3f} ({base['eval_s']:.0f} s)")
-    base_state = {k: v.clone() for k, v in model.state_dict().items()}
-    curves = {}
-    for side, res in results.items():
-        pts = [{"t": 0.0, "step": 0, "accuracy": base["accuracy"], "correct": base["correct"]}]
-        for snap in res.get("snapshots", []):
-            state = torch.load(snap["path"], map_location="cpu")
-            missing, unexpected = model.load_state_dict(state, strict=False)
-            if unexpected or [k for k in missing if not k.startswith("lm_head")]:
-                raise RuntimeError(f"{side} snapshot keys differ: missing {missing}, unexpected {unexpected}")
-            ev = evaluate_weights(model, tokenizer, task, held_out, spec["max_new_tokens"])
-            pts.append({"t": snap["t"], "step": snap["step"], "mark": snap["mark"], "accuracy": ev["accuracy"],
-                        "correct": ev["correct"], "samples": ev["samples"]})
-            console(f"  {side} at {snap['t']:.0f} s (step {snap['step']}): held-out accuracy {ev['accuracy']:.3f} "
-                    f"({ev['eval_s']:.0f} s)")
-            model.load_state_dict(base_state)
-        curves[side] = pts
+    if snapshot != "base":
+        missing, unexpected = model.load_state_dict(torch.load(snapshot, map_location="cpu"), strict=False)
+        if unexpected or [k for k in missing if not k.startswith("lm_head")]:
+            raise RuntimeError(f"{snapshot}: keys differ from the model's: missing {missing}, unexpected {unexpected}")
+    res = evaluate_weights(model, tokenizer, task, task.eval_examples(), spec["max_new_tokens"])
+    res["prompt_ids_train0"] = prompt_ids(tokenizer, task.train_example(0).prompt)
+    res["held_out_size"] = len(task.eval_examples())
+    Path(out_path).write_text(json.dumps(res))
+
+
+def evaluate_all(spec: dict[str, Any], results: dict[str, Any], threads: int, procs: int, console) -> dict[str, Any]:
+    """Base model + every snapshot of every side, scored by the one evaluator: each set of weights in its own
+    subprocess (``threads`` torch threads), ``procs`` at a time (evaluation is not part of any side's clock)."""
+    work = Path(spec["work_dir"])
+    jobs = [("base", "base", None)] + [(side, snap["path"], snap) for side, res in results.items()
+                                       for snap in res.get("snapshots", [])]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1",
+           "TRANSFORMERS_VERBOSITY": "error"}
+    outs, running, pending = {}, [], []
+    for i, job in enumerate(jobs):  # --from-dir: an evaluation a previous call finished is reused
+        done = work / f"eval-{i}.json"
+        if done.exists():
+            outs[i] = json.loads(done.read_text())
+        else:
+            pending.append((i, job))
+    while pending or running:
+        while pending and len(running) < procs:
+            i, (side, path, _snap) = pending.pop(0)
+            out = work / f"eval-{i}.json"
+            log = open(work / f"eval-{i}.log", "w")
+            running.append((i, subprocess.Popen([sys.executable, __file__, "--eval-worker", str(work / "spec.json"),
+                                                 path, str(out), str(threads)], stdout=log,
+                                                stderr=subprocess.STDOUT, env=env), log, out))
+        time.sleep(2)
+        for item in list(running):
+            i, proc, log, out = item
+            if proc.poll() is None:
+                continue
+            running.remove(item)
+            log.close()
+            if proc.returncode != 0 or not out.exists():
+                raise RuntimeError(f"evaluation of {jobs[i][1]} failed: "
+                                   + (work / f"eval-{i}.log").read_text()[-2000:])
+            outs[i] = json.loads(out.read_text())
+            snap = jobs[i][2]
+            where = "base model" if snap is None else f"{jobs[i][0]} at {snap['t']:.0f} s (step {snap['step']})"
+            console(f"  {where}: held-out accuracy {outs[i]['accuracy']:.3f} ({outs[i]['eval_s']:.0f} s)")
+    base = outs[0]
+    checks = {f"{side}_prompt_ids_equal_evaluator": res.get("prompt_ids_first") == base["prompt_ids_train0"]
+              for side, res in results.items()}
+    curves = {side: [{"t": 0.0, "step": 0, "accuracy": base["accuracy"], "correct": base["correct"]}]
+              for side in results}
+    for i, (side, _path, snap) in enumerate(jobs):
+        if snap is not None:
+            curves[side].append({"t": snap["t"], "step": snap["step"], "mark": snap["mark"],
+                                 "accuracy": outs[i]["accuracy"], "correct": outs[i]["correct"],
+                                 "samples": outs[i]["samples"], "eval_s": outs[i]["eval_s"]})
     return {"base": {k: base[k] for k in ("accuracy", "correct", "samples")}, "curves": curves, "checks": checks,
-            "held_out_size": len(held_out)}
+            "held_out_size": base["held_out_size"]}
 
 
 def verdict(curves: dict[str, list[dict[str, Any]]], base_acc: float) -> dict[str, Any]:
@@ -431,12 +466,18 @@ def main() -> int:
     if len(sys.argv) == 4 and sys.argv[1] == "--worker":
         worker_main(sys.argv[2], sys.argv[3])
         return 0
+    if len(sys.argv) == 6 and sys.argv[1] == "--eval-worker":
+        eval_worker(sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]))
+        return 0
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="smoke check: tiny model, 30 s per side (~2 min in all)")
     ap.add_argument("--minutes", type=float, default=None, help="training-clock budget per side (default 25)")
     ap.add_argument("--marks", type=int, default=None, help="snapshots per side, equally spaced (default 6)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per side (default 1)")
-    ap.add_argument("--eval-threads", type=int, default=2, help="torch threads of the evaluation (not timed)")
+    ap.add_argument("--eval-threads", type=int, default=1, help="torch threads per evaluation process (not timed)")
+    ap.add_argument("--eval-procs", type=int, default=4, help="evaluation processes at a time (~1.3 GB each)")
+    ap.add_argument("--from-dir", default=None,
+                    help="evaluate and report a kept work dir (--keep) again without training")
     ap.add_argument("--sides", default="entropo,trl")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None, help="JSON (default benchmarks/results/<date>-time-to-accuracy[-quick].json)")
@@ -457,25 +498,37 @@ def main() -> int:
     def console(msg: str) -> None:
         print(f"[{dt.datetime.now().strftime('%H:%M:%S')}] {msg}", flush=True)
 
-    work = Path(tempfile.mkdtemp(prefix="tta-"))
+    keep = args.keep or args.from_dir is not None
+    work = Path(args.from_dir) if args.from_dir else Path(tempfile.mkdtemp(prefix="tta-"))
     try:
-        model_path = prepare_model(cfg, work)
-        spec = {"model_path": model_path, "task": cfg["task"], "seed": args.seed, "eval_size": cfg["eval_size"],
-                "group_size": cfg["group_size"], "max_new_tokens": cfg["max_new_tokens"],
-                "temperature": cfg["temperature"], "entropo_recipe": cfg["entropo_recipe"],
-                "budget_s": 60.0 * minutes, "marks": marks, "threads": args.threads, "work_dir": str(work),
-                "schedule_steps": 2000}
-        spec_path = work / "spec.json"
-        spec_path.write_text(json.dumps(spec))
-        p = cfg["task"]["params"]
+        if args.from_dir:  # a kept work dir: its spec, its sides' results and the training phase's record
+            spec = json.loads((work / "spec.json").read_text())
+            train = json.loads((work / "train.json").read_text())
+            results = {side: json.loads((work / side / "result.json").read_text())
+                       for side in sides if (work / side / "result.json").exists()}
+            minutes, marks = spec["budget_s"] / 60.0, spec["marks"]
+        else:
+            model_path = prepare_model(cfg, work)
+            spec = {"model_path": model_path, "task": cfg["task"], "seed": args.seed, "eval_size": cfg["eval_size"],
+                    "group_size": cfg["group_size"], "max_new_tokens": cfg["max_new_tokens"],
+                    "temperature": cfg["temperature"], "entropo_recipe": cfg["entropo_recipe"],
+                    "budget_s": 60.0 * minutes, "marks": marks, "threads": args.threads, "work_dir": str(work),
+                    "schedule_steps": 2000}
+            spec_path = work / "spec.json"
+            spec_path.write_text(json.dumps(spec))
+        p = spec["task"]["params"]
         task_label = (f"arithmetic {p['digits']}-digit {p.get('num_terms', 2)}-term '{p.get('ops', '+')}', "
-                      f"G={cfg['group_size']}, {cfg['max_new_tokens']} tokens, T={cfg['temperature']}")
-        console(f"{name}: {task_label}; {minutes:g} min per side, {marks} snapshots, sides {sides} run concurrently "
-                f"with {args.threads} torch thread(s) each; load {os.getloadavg()}")
-        t0 = time.perf_counter()
-        load_start = os.getloadavg()
-        results, loads = run_sides(spec, spec_path, sides, timeout_s=60.0 * minutes * 3 + 900)
-        train_wall = time.perf_counter() - t0
+                      f"G={spec['group_size']}, {spec['max_new_tokens']} tokens, T={spec['temperature']}")
+        if not args.from_dir:
+            console(f"{name}: {task_label}; {minutes:g} min per side, {marks} snapshots, sides {sides} run "
+                    f"concurrently with {args.threads} torch thread(s) each; load {os.getloadavg()}")
+            t0 = time.perf_counter()
+            load_start = os.getloadavg()
+            results, loads = run_sides(spec, spec_path, sides, timeout_s=60.0 * minutes * 3 + 900)
+            train = {"train_wall_s": time.perf_counter() - t0, "loadavg_start": load_start, "loadavg_samples": loads,
+                     "loadavg_end_of_training": os.getloadavg()}
+            (work / "train.json").write_text(json.dumps(train))
+        train_wall = train["train_wall_s"]
         for side, res in results.items():
             if "error" in res:
                 console(f"{side} FAILED: {res['error']}")
@@ -483,17 +536,19 @@ def main() -> int:
                 console(f"{side}: {len(res['steps'])} steps ({sum(s['rows'] for s in res['steps'])} rows sampled, "
                         f"{sum(s['optimizer_steps'] for s in res['steps'])} optimizer steps) in {res['clock_s']:.0f} "
                         f"s of training clock; {len(res['snapshots'])} snapshots")
-        console(f"training done in {train_wall:.0f} s wall; evaluating (one evaluator, {args.eval_threads} threads)")
+        console(f"training: {train_wall:.0f} s wall; evaluating (one evaluator, {args.eval_procs} processes x "
+                f"{args.eval_threads} thread(s))")
         t1 = time.perf_counter()
         ok = {s: r for s, r in results.items() if "error" not in r}
-        ev = evaluate_all(spec, ok, args.eval_threads, console)
+        ev = evaluate_all(spec, ok, args.eval_threads, args.eval_procs, console)
         eval_wall = time.perf_counter() - t1
         report = {
-            "config_name": name, "task_label": task_label, "spec": spec, "minutes": minutes,
+            "config_name": "quick" if spec["model_path"].endswith("tiny-model") else "smollm2",
+            "task_label": task_label, "spec": spec, "minutes": minutes,
             "date": dt.datetime.now().isoformat(timespec="seconds"),
-            "machine": {"cores": os.cpu_count(), "loadavg_start": load_start, "loadavg_end": os.getloadavg(),
-                        "loadavg_samples": loads, "uptime": subprocess.run(["uptime"], capture_output=True,
-                                                                           text=True).stdout.strip()},
+            "machine": {"cores": os.cpu_count(), **{k: v for k, v in train.items() if k != "train_wall_s"},
+                        "loadavg_end": os.getloadavg(),
+                        "uptime": subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()},
             "versions": versions(),
             "train_wall_s": train_wall, "eval_wall_s": eval_wall,
             "sides": {s: {k: v for k, v in r.items() if k != "config"} for s, r in results.items()},
@@ -507,7 +562,7 @@ def main() -> int:
         console(f"wrote {out} and {png}")
         return 0 if all("error" not in r for r in results.values()) else 1
     finally:
-        if not args.keep:
+        if not keep:
             shutil.rmtree(work, ignore_errors=True)
         else:
             console(f"kept {work}")
