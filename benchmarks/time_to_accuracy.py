@@ -1,7 +1,8 @@
 """Time to accuracy: entropo's recipe vs TRL's GRPOTrainer with its defaults, same task, equal wall time.
 
-    PYTHONPATH=$PWD /work/venv-trl/bin/python benchmarks/time_to_accuracy.py --quick          # smoke, tiny model, ~2 min
-    PYTHONPATH=$PWD /work/venv-trl/bin/python benchmarks/time_to_accuracy.py --minutes 25     # SmolLM2-135M-Instruct
+    PYTHONPATH=$PWD /work/venv-trl/bin/python benchmarks/time_to_accuracy.py --quick          # smoke, tiny model, ~2-4 min
+    PYTHONPATH=$PWD /work/venv-trl/bin/python benchmarks/time_to_accuracy.py --minutes 20 --marks 4   # SmolLM2-135M
+    ... --keep, then --from-dir /tmp/tta-XXXX   # evaluate/report a kept work dir again (finished evaluations reused)
 
 (one interpreter with both entropo and trl: see benchmarks/README.md for the separate venv.)
 
@@ -12,7 +13,9 @@ starts (after model loading) and stops while it writes a snapshot; after the fir
 ``--marks`` equally spaced clock marks the side saves its policy weights (``state_dict``), and it stops after the step
 that crosses the budget. No evaluation runs during training: afterwards ONE evaluator (``benchmarks/_tta_eval.py``:
 greedy ``model.generate`` on the task's held-out split through the tokenizer's chat template, the task's verifier)
-scores the base model (t = 0, shared) and every snapshot of both sides, and the script plots held-out accuracy against
+scores the base model (t = 0, shared) and every snapshot of both sides (each set of weights in its own subprocess,
+``--eval-procs`` at a time; a finished one is kept as eval-<i>.json in the work dir and reused by ``--from-dir``),
+and the script plots held-out accuracy against
 training seconds (``--plot``, PNG) and writes everything to ``--out`` (JSON).
 
 The work (smollm2 config):
@@ -470,7 +473,7 @@ def main() -> int:
         eval_worker(sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]))
         return 0
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="smoke check: tiny model, 30 s per side (~2 min in all)")
+    ap.add_argument("--quick", action="store_true", help="smoke check: tiny model, 30 s per side (~2-4 min in all)")
     ap.add_argument("--minutes", type=float, default=None, help="training-clock budget per side (default 25)")
     ap.add_argument("--marks", type=int, default=None, help="snapshots per side, equally spaced (default 6)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per side (default 1)")
@@ -595,7 +598,8 @@ def print_summary(report: dict[str, Any], console) -> None:
         console(f"verdict: NOT MET: TRL final {v['trl_final_accuracy']:.3f} at {v['trl_time_s']:.0f} s; entropo "
                 f"never reached it (its final {v['entropo_final_accuracy']:.3f})")
     else:
-        console(f"verdict: {'MET' if v['met'] else 'NOT MET'}: entropo reached TRL's final accuracy "
+        met = ("MET" if v["trl_improved_over_base"] else "MET TRIVIALLY") if v["met"] else "NOT MET"
+        console(f"verdict: {met}: entropo reached TRL's final accuracy "
                 f"{v['trl_final_accuracy']:.3f} at {v['entropo_time_to_trl_final_s']:.0f} s = {v['ratio']:.2f}x "
                 f"TRL's {v['trl_time_s']:.0f} s (target <= 0.5x); {v['note']}")
     for k, val in report["eval"]["checks"].items():
