@@ -12,6 +12,14 @@ The sampled ids are checked identical across backends (the tool is deterministic
 ratios are against ``thread x1``.
 
     python benchmarks/multiturn_throughput.py [--prompts 32] [--n 8] [--threads 1] [--out results.json]
+
+A real model (SmolLM2-135M-Instruct, the ``tir_smollm2`` recipe: 3-digit multiplication with the sandboxed Python
+tool, 48 tokens per turn, <= 3 turns), a few episodes so it stays within a few CPU-minutes:
+
+    python benchmarks/multiturn_throughput.py --recipe tir_smollm2 --prompts 4 --n 4 --backends thread \
+        --set warmup.steps=4 --out benchmarks/results/<date>-multiturn-smollm2.json
+
+``--set`` overrides the recipe (e.g. fewer SFT warm-up steps); ``--backends thread`` skips Ray.
 """
 
 from __future__ import annotations
@@ -55,20 +63,27 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=8)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default="")
+    ap.add_argument("--recipe", default="tir_tiny", help="a multi-turn tool recipe (default tir_tiny)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="recipe override (repeatable)")
+    ap.add_argument("--backends", default="thread,ray", help="comma-separated: thread (x1 and x8), ray (x2)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    recipe = load_recipe(RECIPES_DIR / "tir_tiny.yaml", ["logging.progress=false", "logging.tensorboard=false",
-                                                         "logging.plots=false", "checkpoint.every=0",
-                                                         "eval.max_prompts=1", "eval.n=1", "eval.k=[1]"])
+    backends = {b.strip() for b in args.backends.split(",")}
+    recipe = load_recipe(RECIPES_DIR / f"{args.recipe}.yaml",
+                         ["logging.progress=false", "logging.tensorboard=false", "logging.plots=false",
+                          "checkpoint.every=0", "eval.max_prompts=1", "eval.n=1", "eval.k=[1]", *args.set])
     with tempfile.TemporaryDirectory() as tmp:
+        t_setup = time.perf_counter()
         run = setup(recipe, Path(tmp) / "run", resume=False, console=lambda *_: None)  # includes the SFT warm-up
+        setup_s = time.perf_counter() - t_setup
         examples = run.task.eval_examples()[: args.prompts]
         local = EnvFactory(run.environment.cls, run.environment.params)
         sides = {"thread x1": (local, 1), "thread x8": (local, 8)}
         try:
-            from entropo.envs.ray_pool import RayEnvFactory
+            if "ray" in backends:
+                from entropo.envs.ray_pool import RayEnvFactory
 
-            sides["ray x2"] = (RayEnvFactory(local.cls, local.params, workers=2, num_cpus=2), 8)
+                sides["ray x2"] = (RayEnvFactory(local.cls, local.params, workers=2, num_cpus=2), 8)
         except ImportError:
             pass
         load0 = os.getloadavg()[0]
@@ -77,7 +92,8 @@ def main() -> None:
     base = res["thread x1"]
     same = {name: r.pop("ids") == base["ids"] for name, r in res.items() if name != "thread x1"}
     base.pop("ids")
-    print(f"{args.prompts} prompts x {args.n} episodes of tir_tiny (sandboxed Python tool), torch threads "
+    print(f"{args.prompts} prompts x {args.n} episodes of {args.recipe} (sandboxed Python tool; model "
+          f"{recipe.model.name_or_path}, set-up incl. SFT warm-up {setup_s:.0f} s), torch threads "
           f"{args.threads}, load average {load0:.1f} -> {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     print(f"{'backend':10} {'wall s':>7} {'episodes/s':>11} {'tokens/s':>9} {'calls/ep':>9} {'turns/ep':>9} "
           f"{'env wait':>9} {'sampling':>9} {'speed-up':>9}")
@@ -88,6 +104,8 @@ def main() -> None:
     print("same samples as thread x1: " + ", ".join(f"{k}: {v}" for k, v in same.items()))
     if args.out:
         Path(args.out).write_text(json.dumps({"results": res, "same_samples": same, "args": vars(args),
+                                              "recipe": args.recipe, "model": recipe.model.name_or_path,
+                                              "setup_s": setup_s,
                                               "load": [load0, os.getloadavg()[0]],
                                               "date": time.strftime("%Y-%m-%d %H:%M")}, indent=1))
 
