@@ -103,7 +103,7 @@ def resolve_auto_micro_batch(recipe: Recipe, model, engine, task, probe_prompts:
     longest_prompt = max(len(engine.encode_prompt(task.train_example(i).prompt)) for i in range(count))
     rows = auto_micro_batch_size(model.config, budget_mb=recipe.train.activation_memory_mb,
                                  row_tokens=longest_prompt + recipe.rollout.max_new_tokens,
-                                 checkpointing=recipe.train.activation_checkpointing)
+                                 checkpointing=recipe.train.activation_checkpointing is True)
     return recipe.model_copy(update={"train": recipe.train.model_copy(update={"micro_batch_size": rows})})
 
 
@@ -247,10 +247,17 @@ def accumulate_gradients(model, mini: Batch, recipe: Recipe, objective: Bound, r
     weight_total = 0.0
     pg_loss_sum = total_loss_sum = 0.0  # micro-batch losses add up to the mini-batch loss
     seq_log_ratio_sum = 0.0  # sum over rows of each row's summed log(pi / pi_old) on its response tokens
+    plan = None
+    if recipe.train.activation_checkpointing == "auto":  # which layers recompute: decided per micro-batch shape
+        from entropo.memory import CheckpointPlan
+
+        plan = CheckpointPlan(model, recipe.train.activation_memory_mb)
     for _rows, micro in mini.split_by_length(recipe.train.micro_batch_size):
         n_tok = float(micro.response_mask.sum())
         if n_tok == 0:
             continue
+        if plan is not None:
+            plan.apply(micro.attention_mask)
         logprobs, entropy, current = ops.token_logprobs_and_entropy(
             model, micro.input_ids, micro.attention_mask, chunk_size=recipe.train.logprob_chunk_size,
             temperature=recipe.rollout.temperature, compute_mask=micro.response_mask, token_fns=token_fns,
@@ -279,6 +286,8 @@ def accumulate_gradients(model, mini: Batch, recipe: Recipe, objective: Bound, r
         loss.backward()
         total_loss_sum += float(loss.detach())
         metrics["actor/entropy_current"] = diag.masked_mean(entropy.detach(), micro.response_mask)
+        if plan is not None:
+            metrics["actor/checkpointed_layers"] = float(plan.last)
         for k, v in metrics.items():
             sums[k] = sums.get(k, 0.0) + v * n_tok
         weight_total += n_tok
@@ -759,12 +768,18 @@ def load_model(recipe: Recipe, device: torch.device):
     model.to(device)
     if recipe.train.threads is not None:
         torch.set_num_threads(recipe.train.threads)
-    if recipe.train.activation_checkpointing:
+    mode = recipe.train.activation_checkpointing
+    if mode:
         if not getattr(model, "supports_gradient_checkpointing", False):
-            raise ConfigError(f"train.activation_checkpointing=true: {type(model).__name__} does not support it; "
-                              f"set it to false")
+            raise ConfigError(f"train.activation_checkpointing={str(mode).lower()}: {type(model).__name__} does not "
+                              f"support it; set it to false")
         # only active in train mode, i.e. in the update; sampling and scoring are unaffected
         enable_activation_checkpointing(model)
+        if mode == "auto":  # installed on every layer; the update switches layers on per micro-batch
+            from entropo.memory import checkpointable_layers
+
+            for layer in checkpointable_layers(model):
+                layer.gradient_checkpointing = False
     return model, tokenizer
 
 
