@@ -354,6 +354,9 @@ def policy_update(model, optimizer, scheduler, batch: Batch, recipe: Recipe, obj
             for k, v in metrics.items():
                 sums[k] = sums.get(k, 0.0) + v
             count += 1
+    # the gradients are spent: freeing them now (the next update starts from None anyway) keeps them out of the
+    # rollout and scoring phases' memory (e.g. while a mapped reference model is resident)
+    optimizer.zero_grad(set_to_none=True)
     out = {k: v / count for k, v in sums.items()} if count else {}
     out["actor/lr"] = scheduler.get_last_lr()[0]
     out["actor/optimizer_steps"] = count
@@ -727,7 +730,7 @@ def setup(recipe: Recipe, run_dir: str | Path | None, resume: bool, console: Cal
     run.ref_model = load_reference_model(run, fresh=latest is None)
     dist.barrier()  # rank 0 has prepared the run directory (recipe, reference, LoRA base) before anyone goes on
     if run.ref_model is not None and lora is not None and recipe.model.reference is None:
-        run.ref_scope = lora.disabled
+        run.ref_scope = lora.disabled  # (load_reference_model set a MappedReference's scope otherwise)
     return run
 
 
@@ -797,9 +800,45 @@ def load_reference_model(run: Run, fresh: bool):
     ref_model = models.load_reference(run.model, dtype=recipe.model.dtype, device=run.device)
     if fresh and run.dist.is_main:
         ckpt.atomic_torch_save(ref_path, run.model.state_dict())
-    else:
+    elif recipe.model.reference_resident:
         ref_model.load_state_dict(torch.load(ref_path, map_location="cpu", weights_only=True))
+    if not recipe.model.reference_resident:
+        run.ref_scope = MappedReference(ref_model, ref_path, run.device).scope
     return ref_model
+
+
+class MappedReference:
+    """``model.reference_resident: false``: the reference model's parameters are placeholders except inside
+    ``scope()``, which memory-maps them from ``path`` (the file the resident reference is loaded from, so the values
+    are identical) and drops the mapping on exit. Buffers (e.g. rotary frequencies) stay resident: they are not saved
+    in a state dict of parameters alone."""
+
+    def __init__(self, model, path: Path, device):
+        self.model, self.path, self.device = model, Path(path), torch.device(device)
+        self._release()
+
+    def _release(self) -> None:  # each parameter becomes a storage-less (meta) tensor of the same shape and dtype
+        for module in self.model.modules():
+            for name, param in list(module.named_parameters(recurse=False)):
+                module._parameters[name] = torch.nn.Parameter(torch.empty_like(param, device="meta"),
+                                                              requires_grad=False)
+
+    @contextlib.contextmanager
+    def scope(self):
+        state = torch.load(self.path, map_location="cpu", weights_only=True, mmap=True)
+        if self.device.type != "cpu":
+            state = {k: v.to(self.device) for k, v in state.items()}
+        params = {name for name, _ in self.model.named_parameters(remove_duplicate=False)}
+        missing = params - set(state)
+        if missing:
+            raise RuntimeError(f"{self.path} lacks reference parameters {sorted(missing)[:3]}; delete it to start "
+                               f"over, or set model.reference_resident=true")
+        self.model.load_state_dict({k: v for k, v in state.items() if k in params}, strict=False, assign=True)
+        del state
+        try:
+            yield
+        finally:
+            self._release()
 
 
 # ---- phase 1: rollout ------------------------------------------------------------------------------------------------

@@ -100,3 +100,38 @@ def test_auto_checkpointing_validates_as_the_switch_does():
     from entropo.config import ConfigError
     with pytest.raises(ConfigError, match="activation_checkpointing"):
         load_recipe(None, ["train.activation_checkpointing=sometimes"])
+
+
+def test_mapped_reference_gives_the_resident_reference_values(tmp_path, tiny_recipe_overrides):
+    base = tiny_recipe_overrides + ["train.steps=2", "logging.tensorboard=false", "checkpoint.every=0",
+                                    "train.threads=1", "warmup.steps=0", "eval.max_prompts=1", "logging.plots=false",
+                                    "optimizer.lr=0.05",  # with the entropy bonus the policy leaves the reference at once
+                                    "regularizers=[{name: kl, coef: 0.1, params: {kind: k3}}, {name: entropy, coef: 1.0}]"]
+    runs = {}
+    for resident in (True, False):
+        name = f"resident_{resident}"
+        train(load_recipe(None, base + [f"model.reference_resident={str(resident).lower()}"]),
+              run_dir=tmp_path / name, console=lambda *_: None)
+        runs[resident] = [r for r in read_metrics(tmp_path / name) if "actor/loss" in r]
+    torch.set_num_threads(2)
+    assert runs[True][-1]["kl/ref"] > 1e-4  # the second step's reference differs from the policy
+    for a, b in zip(runs[True], runs[False]):  # the same reference log-probs, so the same run
+        assert a["kl/ref"] == b["kl/ref"] and a["actor/loss"] == b["actor/loss"]
+
+
+def test_mapped_reference_holds_no_weights_outside_its_scope(tmp_path):
+    from entropo.trainer import MappedReference
+
+    model, _ = tiny()
+    torch.save(model.state_dict(), tmp_path / "reference.pt")
+    ref = MappedReference(copy.deepcopy(model).requires_grad_(False), tmp_path / "reference.pt", "cpu")
+    assert all(p.is_meta for p in ref.model.parameters())
+    ids = torch.randint(3, 40, (2, 6), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(ids)
+    with ref.scope(), torch.no_grad():
+        mapped = token_logprobs_and_entropy(ref.model, ids, mask)
+        assert all(not p.requires_grad for p in ref.model.parameters())
+    with torch.no_grad():
+        resident = token_logprobs_and_entropy(model, ids, mask)
+    assert torch.equal(mapped[0], resident[0]) and torch.equal(mapped[1], resident[1])
+    assert all(p.is_meta for p in ref.model.parameters())
