@@ -42,23 +42,25 @@ class RssSampler(threading.Thread):
         self.peaks: dict[str, float] = {}
         self.marks: list[tuple[str, float, float]] = []  # (phase, t, rss at start)
         self.t0 = time.perf_counter()
-        self._stop = threading.Event()
+        self._halt = threading.Event()
 
     def phase(self, name: str) -> None:
         value = rss_mb()
         self.marks.append((name, time.perf_counter() - self.t0, value))
+        print(f"  {self.marks[-1][1]:7.2f} s  {value:7.0f} MB  start of {name} (peak of {self.current}: "
+              f"{self.peaks.get(self.current, 0.0):.0f} MB)", flush=True)
         self.current = name
         self.peaks[name] = max(self.peaks.get(name, 0.0), value)
 
     def run(self) -> None:
-        while not self._stop.is_set():
+        while not self._halt.is_set():
             value = rss_mb()
             name = self.current
             self.peaks[name] = max(self.peaks.get(name, 0.0), value)
             time.sleep(self.interval)
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
         self.join()
 
 
@@ -132,7 +134,8 @@ def main() -> int:
     cfg = bench.CONFIGS[args.config]
     epochs, kl_on = bench.parse_cells(args.cells)[0]
     ns = argparse.Namespace(warmup=args.warmup, steps=args.steps, threads=args.threads, entropo_old_logprobs="auto",
-                            entropo_activation_checkpointing=False, trl_gradient_checkpointing=True)
+                            entropo_activation_checkpointing=False, entropo_activation_memory_mb=None,
+                            entropo_reference_resident=True, trl_gradient_checkpointing=True)
     with tempfile.TemporaryDirectory(prefix="memprof-") as tmp:
         model_path = bench.prepare_model(cfg, Path(tmp))
         spec = bench.make_spec(cfg, model_path, epochs, kl_on, ns)
