@@ -25,7 +25,8 @@ from typing import Any
 # Spec keys (all required; the driver fills them):
 #   model_path, task {name, params}, seed, prompts_per_step, group_size, max_new_tokens, temperature, ppo_epochs,
 #   kl_coef, lr, clip_low, clip_high, micro_batch_size, warmup_steps, timed_steps, threads,
-#   entropo {old_logprobs, logprob_chunk_size}, trl {gradient_checkpointing}
+#   entropo {old_logprobs, logprob_chunk_size, activation_checkpointing, activation_memory_mb, reference_resident},
+#   trl {gradient_checkpointing}
 
 
 RESULT_PREFIX = "BENCH_RESULT "
@@ -57,7 +58,8 @@ def entropo_recipe(spec: dict[str, Any], run_root: str | Path):
     data = {
         "name": "bench",
         "seed": spec["seed"],
-        "model": {"name_or_path": spec["model_path"], "dtype": "float32"},
+        "model": {"name_or_path": spec["model_path"], "dtype": "float32",
+                  "reference_resident": ent.get("reference_resident", True)},
         "task": {"name": spec["task"]["name"], "params": spec["task"]["params"], "eval_size": 8},
         "rollout": {"prompts_per_step": spec["prompts_per_step"], "n": spec["group_size"],
                     "temperature": spec["temperature"], "top_p": 1.0, "max_new_tokens": L,
@@ -73,7 +75,9 @@ def entropo_recipe(spec: dict[str, Any], run_root: str | Path):
         "train": {"steps": total_steps(spec) + 1, "ppo_epochs": spec["ppo_epochs"], "mini_batches": 1,
                   "micro_batch_size": spec["micro_batch_size"], "grad_clip": 1.0,
                   "logprob_chunk_size": ent["logprob_chunk_size"], "old_logprobs": ent["old_logprobs"],
-                  "activation_checkpointing": ent.get("activation_checkpointing", False)},
+                  "activation_checkpointing": ent.get("activation_checkpointing", False),
+                  **({"activation_memory_mb": ent["activation_memory_mb"]}
+                     if ent.get("activation_memory_mb") is not None else {})},
         "optimizer": {"lr": spec["lr"], "schedule": "constant"},
         "eval": {"every": 0, "max_prompts": 1},  # the start-of-run eval is outside the timed steps; keep it short
         "logging": {"output_dir": str(run_root), "run_name": "run", "progress": False, "plots": False},

@@ -179,11 +179,10 @@ def make_step_callback(steps: list[dict[str, float]], ppo_epochs: int):
 
 def entropo_prompt_ids(tokenizer, prompt) -> list[int]:
     """The token ids entropo's HF engine feeds for ``prompt`` (its own encode_prompt, tokenizer only)."""
-    from entropo.rollout.hf import HFEngine
+    from entropo.rollout.chat import ChatFormat
 
-    engine = object.__new__(HFEngine)  # encode_prompt needs only the tokenizer and the template mode
-    engine.tokenizer, engine.chat_template = tokenizer, "auto"
-    return engine.encode_prompt(prompt)
+    # HFEngine.encode_prompt is its ChatFormat's prompt_ids (tokenizer and template mode "auto", the engine default)
+    return ChatFormat(tokenizer, "auto").prompt_ids(prompt)
 
 
 def run_trial(spec: dict[str, Any], work_dir: str | None = None) -> dict[str, Any]:

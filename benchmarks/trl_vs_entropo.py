@@ -140,7 +140,9 @@ def make_spec(cfg: dict[str, Any], model_path: str, epochs: int, kl_on: bool, ar
         "timed_steps": args.steps if args.steps is not None else cfg["timed_steps"],
         "threads": args.threads,
         "entropo": {"old_logprobs": args.entropo_old_logprobs,
-                    "activation_checkpointing": args.entropo_activation_checkpointing, **cfg["entropo"]},
+                    "activation_checkpointing": args.entropo_activation_checkpointing,
+                    "activation_memory_mb": args.entropo_activation_memory_mb,
+                    "reference_resident": args.entropo_reference_resident, **cfg["entropo"]},
         "trl": {"gradient_checkpointing": args.trl_gradient_checkpointing},
     }
 
@@ -313,8 +315,14 @@ def main() -> int:
                         help="smoke check: 1-epoch KL-off cell only, 1 repeat, 1 warm-up + 1 timed step")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--entropo-old-logprobs", choices=["auto", "recompute"], default="auto")
-    parser.add_argument("--entropo-activation-checkpointing", type=lambda s: s.lower() in ("1", "true", "yes", "on"),
-                        default=False, help="entropo's train.activation_checkpointing (default false, its default)")
+    parser.add_argument("--entropo-activation-checkpointing",
+                        type=lambda s: "auto" if s.lower() == "auto" else s.lower() in ("1", "true", "yes", "on"),
+                        default=False, help="entropo's train.activation_checkpointing: false (its default), true, auto")
+    parser.add_argument("--entropo-activation-memory-mb", type=float, default=None,
+                        help="entropo's train.activation_memory_mb (the budget of activation_checkpointing=auto); "
+                        "default: entropo's default")
+    parser.add_argument("--entropo-reference-resident", type=lambda s: s.lower() in ("1", "true", "yes", "on"),
+                        default=True, help="entropo's model.reference_resident (default true, its default)")
     parser.add_argument("--trl-gradient-checkpointing", type=lambda s: s.lower() in ("1", "true", "yes", "on"),
                         default=True, help="TRL's default is true (kept: a user's run)")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds per trial")

@@ -90,6 +90,11 @@ class ModelConfig(_Section):
         None, description="Reference model for KL terms; None = a frozen copy of the initial policy (with `lora`: "
         "the base with the adapters off)."
     )
+    reference_resident: bool = Field(
+        True, description="Keep the frozen copy of the initial policy (the default reference: no `reference`, no "
+        "`lora`) in memory. false: its weights stay in the run directory's reference.pt and are memory-mapped only while the "
+        "reference log-probs are computed (the same weights, so the same values), then unmapped, so the update's "
+        "peak memory holds one model less; costs mapping the file once per step (it stays in the OS page cache).")
     lora: LoraSection | None = Field(None, description="Train LoRA adapters instead of all weights (needs PEFT).")
 
 
@@ -172,7 +177,8 @@ class TrainConfig(_Section):
         32, description="Rows per forward/backward (gradient accumulation); 'auto' = the most rows whose saved "
         "activations fit in activation_memory_mb (entropo/memory.py), at the longest expected row.")
     activation_memory_mb: float = Field(
-        2048.0, gt=0, description="Budget for one micro-batch's saved activations when micro_batch_size=auto.")
+        2048.0, gt=0, description="Budget for one micro-batch's saved activations when micro_batch_size=auto or "
+        "activation_checkpointing=auto (with both, the rows are chosen first, as if without checkpointing).")
 
     @field_validator("micro_batch_size")
     @classmethod
@@ -193,9 +199,12 @@ class TrainConfig(_Section):
         "Batch.snapshot_logprobs) for components that declare needs_snapshot (INPO); 0 = none. A snapshot is taken at "
         "the start of steps 0, snapshot_every, 2*snapshot_every, ... and checkpointed.")
     logprob_chunk_size: int = Field(1024, ge=1, description="Tokens per chunk in the log-prob/entropy pass.")
-    activation_checkpointing: bool = Field(
+    activation_checkpointing: bool | Literal["auto"] = Field(
         False, description="Recompute each decoder layer's activations in the backward pass instead of keeping them: "
-        "less memory in the update for about one more forward of compute (the models' gradient checkpointing).")
+        "less memory in the update for about one more forward of compute (the models' gradient checkpointing). "
+        "'auto': before each micro-batch, checkpoint only the fewest leading layers whose saved activations keep "
+        "that micro-batch (rows x columns) within activation_memory_mb (estimate in entropo/memory.py), so short "
+        "micro-batches pay no recomputation; same gradients either way.")
     threads: int | None = Field(
         None, ge=1, description="torch intra-op CPU threads (None = torch's default, one per physical core).")
     distributed: Literal["none", "ddp", "fsdp"] = Field(

@@ -103,7 +103,7 @@ def resolve_auto_micro_batch(recipe: Recipe, model, engine, task, probe_prompts:
     longest_prompt = max(len(engine.encode_prompt(task.train_example(i).prompt)) for i in range(count))
     rows = auto_micro_batch_size(model.config, budget_mb=recipe.train.activation_memory_mb,
                                  row_tokens=longest_prompt + recipe.rollout.max_new_tokens,
-                                 checkpointing=recipe.train.activation_checkpointing)
+                                 checkpointing=recipe.train.activation_checkpointing is True)
     return recipe.model_copy(update={"train": recipe.train.model_copy(update={"micro_batch_size": rows})})
 
 
@@ -247,6 +247,11 @@ def accumulate_gradients(model, mini: Batch, recipe: Recipe, objective: Bound, r
     weight_total = 0.0
     pg_loss_sum = total_loss_sum = 0.0  # micro-batch losses add up to the mini-batch loss
     seq_log_ratio_sum = 0.0  # sum over rows of each row's summed log(pi / pi_old) on its response tokens
+    plan = None
+    if recipe.train.activation_checkpointing == "auto":  # which layers recompute: decided per micro-batch shape
+        from entropo.memory import CheckpointPlan
+
+        plan = CheckpointPlan(model, recipe.train.activation_memory_mb)
     micros = [micro for _rows, micro in mini.split_by_length(recipe.train.micro_batch_size)
               if bool(micro.response_mask.any())]
     for _ in range(dist.lockstep_padding(len(micros))):  # sharded weights: every process runs as many passes
@@ -255,6 +260,8 @@ def accumulate_gradients(model, mini: Batch, recipe: Recipe, objective: Bound, r
         (logprobs.sum() * 0.0).backward()
     for micro in micros:
         n_tok = float(micro.response_mask.sum())
+        if plan is not None:
+            plan.apply(micro.attention_mask)
         logprobs, entropy, current = ops.token_logprobs_and_entropy(
             model, micro.input_ids, micro.attention_mask, chunk_size=recipe.train.logprob_chunk_size,
             temperature=recipe.rollout.temperature, compute_mask=micro.response_mask, token_fns=token_fns,
@@ -283,6 +290,8 @@ def accumulate_gradients(model, mini: Batch, recipe: Recipe, objective: Bound, r
         loss.backward()
         total_loss_sum += float(loss.detach())
         metrics["actor/entropy_current"] = diag.masked_mean(entropy.detach(), micro.response_mask)
+        if plan is not None:
+            metrics["actor/checkpointed_layers"] = float(plan.last)
         for k, v in metrics.items():
             sums[k] = sums.get(k, 0.0) + v * n_tok
         weight_total += n_tok
@@ -350,6 +359,9 @@ def policy_update(model, optimizer, scheduler, batch: Batch, recipe: Recipe, obj
             for k, v in metrics.items():
                 sums[k] = sums.get(k, 0.0) + v
             count += 1
+    # the gradients are spent: freeing them now (the next update starts from None anyway) keeps them out of the
+    # rollout and scoring phases' memory (e.g. while a mapped reference model is resident)
+    optimizer.zero_grad(set_to_none=True)
     out = {k: v / count for k, v in sums.items()} if count else {}
     out["actor/lr"] = scheduler.get_last_lr()[0]
     out["actor/optimizer_steps"] = count
@@ -748,7 +760,7 @@ def setup(recipe: Recipe, run_dir: str | Path | None, resume: bool, console: Cal
     run.ref_model = load_reference_model(run, fresh=latest is None)
     dist.barrier()  # rank 0 has prepared the run directory (recipe, reference, LoRA base) before anyone goes on
     if run.ref_model is not None and lora is not None and recipe.model.reference is None:
-        run.ref_scope = lora.disabled
+        run.ref_scope = lora.disabled  # (load_reference_model set a MappedReference's scope otherwise)
     return run
 
 
@@ -789,12 +801,18 @@ def load_model(recipe: Recipe, device: torch.device):
     model.to(device)
     if recipe.train.threads is not None:
         torch.set_num_threads(recipe.train.threads)
-    if recipe.train.activation_checkpointing:
+    mode = recipe.train.activation_checkpointing
+    if mode:
         if not getattr(model, "supports_gradient_checkpointing", False):
-            raise ConfigError(f"train.activation_checkpointing=true: {type(model).__name__} does not support it; "
-                              f"set it to false")
+            raise ConfigError(f"train.activation_checkpointing={str(mode).lower()}: {type(model).__name__} does not "
+                              f"support it; set it to false")
         # only active in train mode, i.e. in the update; sampling and scoring are unaffected
         enable_activation_checkpointing(model)
+        if mode == "auto":  # installed on every layer; the update switches layers on per micro-batch
+            from entropo.memory import checkpointable_layers
+
+            for layer in checkpointable_layers(model):
+                layer.gradient_checkpointing = False
     return model, tokenizer
 
 
@@ -820,9 +838,45 @@ def load_reference_model(run: Run, fresh: bool):
     ref_model = models.load_reference(run.model, dtype=recipe.model.dtype, device=run.device)
     if fresh and run.dist.is_main:
         ckpt.atomic_torch_save(ref_path, run.model.state_dict())
-    else:
+    elif recipe.model.reference_resident:
         ref_model.load_state_dict(torch.load(ref_path, map_location="cpu", weights_only=True))
+    if not recipe.model.reference_resident:
+        run.ref_scope = MappedReference(ref_model, ref_path, run.device).scope
     return ref_model
+
+
+class MappedReference:
+    """``model.reference_resident: false``: the reference model's parameters are placeholders except inside
+    ``scope()``, which memory-maps them from ``path`` (the file the resident reference is loaded from, so the values
+    are identical) and drops the mapping on exit. Buffers (e.g. rotary frequencies) stay resident: they are not saved
+    in a state dict of parameters alone."""
+
+    def __init__(self, model, path: Path, device):
+        self.model, self.path, self.device = model, Path(path), torch.device(device)
+        self._release()
+
+    def _release(self) -> None:  # each parameter becomes a storage-less (meta) tensor of the same shape and dtype
+        for module in self.model.modules():
+            for name, param in list(module.named_parameters(recurse=False)):
+                module._parameters[name] = torch.nn.Parameter(torch.empty_like(param, device="meta"),
+                                                              requires_grad=False)
+
+    @contextlib.contextmanager
+    def scope(self):
+        state = torch.load(self.path, map_location="cpu", weights_only=True, mmap=True)
+        if self.device.type != "cpu":
+            state = {k: v.to(self.device) for k, v in state.items()}
+        params = {name for name, _ in self.model.named_parameters(remove_duplicate=False)}
+        missing = params - set(state)
+        if missing:
+            raise RuntimeError(f"{self.path} lacks reference parameters {sorted(missing)[:3]}; delete it to start "
+                               f"over, or set model.reference_resident=true")
+        self.model.load_state_dict({k: v for k, v in state.items() if k in params}, strict=False, assign=True)
+        del state
+        try:
+            yield
+        finally:
+            self._release()
 
 
 # ---- phase 1: rollout ------------------------------------------------------------------------------------------------
