@@ -98,10 +98,10 @@ def test_preallocated_cache_writes_in_place_and_never_grows(world):
         layer.update(k1, k1)
 
 
-def test_models_without_a_plain_cache_take_the_reference_loop():
+def test_models_without_a_plain_cache_take_the_reference_loop(world):
     from transformers import MistralConfig, MistralForCausalLM
 
-    _, tok = tiny()
+    _, tok = world
     config = MistralConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                            num_attention_heads=4, num_key_value_heads=2, sliding_window=4,
                            eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)

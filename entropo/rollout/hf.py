@@ -546,6 +546,7 @@ class HFEngine:
         share = self.share_prompt_prefill and len(distinct) < num_rows
         prefill_ids = prompt_ids[first_rows] if share else prompt_ids
         prefill_attention = prompt_attention[first_rows] if share else prompt_attention
+        self.kv_stats["prefilled_tokens"] += int(prefill_attention.sum())
         cache = DynamicCache(config=self.model.config)
         out = self.model(
             input_ids=prefill_ids,
