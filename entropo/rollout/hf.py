@@ -242,7 +242,7 @@ class HFEngine:
 
         # K/V is kept between turns only where a later turn can use it: episodes against an environment (a plain
         # completion is one turn), or inside a scope an engine opened around several calls (tree branches).
-        multi_turn = environment is not None
+        multi_turn = environment is not None and not getattr(environment, "single_turn", False)
         environment = environment if environment is not None else single_turn_factory()
         with self.prefix_kv_scope(self.new_prefix_kv() if multi_turn else False):
             sample_turn = self.turn_sampler(temperature, top_p, generator, device)
