@@ -48,7 +48,8 @@ def run_side(procs: int, recipe: str, overrides: list[str], work: Path, threads:
     rows = [r for r in read_metrics(run_dir) if "time/step_s" in r][1:]  # the first step warms caches up
     med = {k: statistics.median(r[k] for r in rows) for k in ("time/step_s", "time/rollout_s", "time/score_s",
                                                               "time/update_s")}
-    return {"run_dir": str(run_dir), **med, "peak_mem_mb": max(r["peak_mem_mb"] for r in rows)}
+    return {"run_dir": str(run_dir), **med, "peak_mem_mb": max(r["peak_mem_mb"] for r in rows),
+            "train_state_mb": rows[-1]["memory/train_state_mb"]}
 
 
 def main() -> None:
@@ -84,12 +85,13 @@ def main() -> None:
                  for m in args.modes}}
     names = list(sides)
     print(f"{'':<16}" + "".join(f"{n.replace('two_processes_', '2 proc '):>16}" for n in names))
-    for k in ("time/step_s", "time/rollout_s", "time/score_s", "time/update_s", "peak_mem_mb",
+    for k in ("time/step_s", "time/rollout_s", "time/score_s", "time/update_s", "peak_mem_mb", "train_state_mb",
               "weights_max_abs_diff"):
         print(f"{k:<16}" + "".join(f"{sides[n][k]:>16.4g}" for n in names))
     for m in args.modes:
         print(f"{m}: step time {result[f'ratio_step_time_{m}']:.2f}x, rank-0 peak RSS {result[f'ratio_peak_mem_{m}']:.2f}x"
-              f" of one process")
+              f", weights + AdamW state per process "
+              f"{sides[f'two_processes_{m}']['train_state_mb'] / one['train_state_mb']:.2f}x of one process")
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=1))
 

@@ -127,6 +127,18 @@ def peak_memory_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
+def training_state_mb(model, optimizer) -> float:
+    """This process's bytes of trainable weights and AdamW state (a sharded parameter counts its local shard): what
+    ``train.distributed=fsdp`` divides by the number of processes (gradients are freed after each update)."""
+    def local(t: torch.Tensor) -> torch.Tensor:
+        return t.to_local() if hasattr(t, "to_local") else t
+
+    params = [local(p) for p in model.parameters() if p.requires_grad]
+    state = [local(v) for st in optimizer.state.values() for v in st.values()
+             if isinstance(v, torch.Tensor) and v.dim() > 0]
+    return sum(t.numel() * t.element_size() for t in params + state) / 2**20
+
+
 def lr_lambda(cfg_opt, total_steps: int) -> Callable[[int], float]:
     """Multiplier of the peak LR at optimizer step s: linear warm-up, then constant/linear/cosine decay."""
 
@@ -1107,7 +1119,8 @@ def finish_step(run: Run, step: int, metrics: dict[str, Any], t_step: float) -> 
             if run.dist.is_main:  # the weights are the same in every process: rank 0 evaluates
                 metrics.update({f"eval/{k}": v for k, v in evaluate(run.engine, run.task, run.eval_examples, recipe,
                                                                      recipe.seed + 3, run.environment).items()})
-    metrics.update({"time/step_s": time.perf_counter() - t_step, "peak_mem_mb": peak_memory_mb()})
+    metrics.update({"time/step_s": time.perf_counter() - t_step, "peak_mem_mb": peak_memory_mb(),
+                    "memory/train_state_mb": training_state_mb(run.model, run.optimizer)})
     metrics.update(run.rewards.end_step())  # reward/budget_exhausted (with reward_budget_s); budgets renew per step
     if "entropy/mean" in metrics and not math.isnan(metrics["accuracy"]):
         state.history.append({"entropy": metrics["entropy/mean"], "accuracy": metrics["accuracy"]})

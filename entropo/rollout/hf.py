@@ -19,6 +19,7 @@ as a single user message; ``False`` never applies a template (message lists are 
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any, Sequence
 
@@ -29,6 +30,7 @@ from entropo.envs.base import EnvFactory, single_turn_factory
 from entropo.registry import register
 from entropo.rollout.chat import ChatFormat
 from entropo.rollout.episodes import EpisodeLimits, assemble, run_episodes, single_action_episode
+from entropo.rollout.kv import PrefixKV, expand_rows, preallocated_cache
 from entropo.types import Example, RolloutOutput
 
 
@@ -113,6 +115,29 @@ def _sample_step(next_logits: Tensor, temperature: float, top_p: float,
     return token_ids, token_logprob, entropy
 
 
+def _sample_step_fast(next_logits: Tensor, temperature: float, top_p: float,
+                      generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
+    """``_sample_step`` with fewer full-vocabulary passes, the same draws and values: the temperature divides the
+    logits in place (the decode loop owns them), and the entropy is one product and a NaN-skipping sum (a token
+    removed by top-p or masked to -inf has probability 0 and log-prob -inf: 0·(-inf) = NaN is left out, as the
+    reference's masked fill does) instead of compare, fill, product and sum. The draw is the same
+    ``torch.multinomial`` on the same probabilities, so the generator is consumed identically."""
+    if temperature == 0 or top_p < 1.0:
+        return _sample_step(next_logits, temperature, top_p, generator)
+    scaled = next_logits if next_logits.dtype == torch.float32 else next_logits.float()
+    if temperature != 1.0:
+        scaled = scaled.div_(temperature)
+    logprobs = torch.log_softmax(scaled, dim=-1)
+    probs = logprobs.exp()
+    if generator.device != probs.device:
+        token_ids = torch.multinomial(probs.to(generator.device), 1, generator=generator).squeeze(-1).to(probs.device)
+    else:
+        token_ids = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    token_logprob = logprobs.gather(-1, token_ids[:, None]).squeeze(-1)
+    entropy = -(probs.mul_(logprobs)).nansum(-1)
+    return token_ids, token_logprob, entropy
+
+
 @register("engine", "hf")
 class HFEngine:
     """Batched sampling from an in-process Hugging Face causal LM.
@@ -128,11 +153,21 @@ class HFEngine:
     ``share_prompt_prefill`` prefills each distinct prompt of a micro-batch once and copies its KV cache to the rows
     that sample from it (a group of n samples costs one prefill instead of n).
     ``env_workers`` bounds how many environment steps (tool calls) of different episodes run at once.
+
+    Decode path: ``static_kv_cache`` (default) decodes into a KV cache preallocated at its final size (no per-token
+    ``torch.cat`` growth) with a leaner sampling step (same draws, same values; see ``_sample_step_fast``); False runs
+    the reference loop (a growing ``DynamicCache``), kept for comparison and for models whose cache is not plain
+    full attention (those always take it). ``reuse_prefix_kv`` (static path only): within one rollout, a context
+    that extends a row decoded before -- the next turn of a multi-turn episode, a branch forked off a sampled row --
+    reuses that row's K/V for the shared prefix and prefills only the new tokens (observation, reply), instead of
+    re-prefilling the whole history; ``prefix_kv_mb`` bounds the K/V kept between turns (rows that do not fit are
+    re-prefilled, with the same result). See ``entropo.rollout.kv``.
     """
 
     def __init__(self, model, tokenizer, *, chat_template: str | bool = "auto", max_batch_size: int = 64,
                  min_new_tokens: int = 0, ignore_eos: bool = False, share_prompt_prefill: bool = True,
-                 env_workers: int = 8):
+                 env_workers: int = 8, static_kv_cache: bool = True, reuse_prefix_kv: bool = True,
+                 prefix_kv_mb: float = 1024.0):
         if chat_template not in ("auto", True, False):
             raise ValueError(f"chat_template must be 'auto', True or False, got {chat_template!r}")
         if max_batch_size < 1:
@@ -151,6 +186,15 @@ class HFEngine:
         self.pad_token_id = int(pad if pad is not None else (self.eos_token_ids[0] if self.eos_token_ids else 0))
         self.chat = ChatFormat(tokenizer, chat_template, self.eos_token_ids)
         self.env_workers = int(env_workers)  # environment steps (tool calls) of different episodes run concurrently
+        if prefix_kv_mb < 0:
+            raise ValueError(f"prefix_kv_mb must be >= 0, got {prefix_kv_mb}")
+        self.static_kv_cache = bool(static_kv_cache)
+        self.reuse_prefix_kv = bool(reuse_prefix_kv)
+        self.prefix_kv_mb = float(prefix_kv_mb)
+        # The prefix K/V store of the rollout in progress: None outside any scope, False where reuse is off.
+        self._prefix_kv: PrefixKV | bool | None = None
+        # context tokens of the last rollout whose K/V were reused from an earlier row / prefilled (static path)
+        self.kv_stats: dict[str, int] = {"reused_tokens": 0, "prefilled_tokens": 0}
 
     # ---- prompts -------------------------------------------------------------------------------------------------
     def format_prompt(self, prompt: str | list[dict]) -> str:
@@ -191,17 +235,22 @@ class HFEngine:
         device = next(self.model.parameters()).device
         generator = generator if generator is not None else default_generator(device)
         examples = [p if isinstance(p, Example) else Example(prompt=p) for p in prompts]
-        environment = environment if environment is not None else single_turn_factory()
         limits = replace(limits or EpisodeLimits(), max_new_tokens=max_new_tokens)
         self._check_prompt_lengths(examples, limits)
 
         row_prompt_index = [i for i in range(len(examples)) for _ in range(n)]
 
-        sample_turn = self.turn_sampler(temperature, top_p, generator, device)
-        self.last_timing: dict[str, float] = {}  # wall seconds of this call: sampling, environment steps, resets
-        episodes = run_episodes([environment() for _ in row_prompt_index], [examples[i] for i in row_prompt_index],
-                                [env_seed + r for r in range(len(row_prompt_index))], self.chat, sample_turn, limits,
-                                stop=stop, workers=self.env_workers, timing=self.last_timing)
+        # K/V is kept between turns only where a later turn can use it: episodes against an environment (a plain
+        # completion is one turn), or inside a scope an engine opened around several calls (tree branches).
+        multi_turn = environment is not None and not getattr(environment, "single_turn", False)
+        environment = environment if environment is not None else single_turn_factory()
+        with self.prefix_kv_scope(self.new_prefix_kv() if multi_turn else False):
+            sample_turn = self.turn_sampler(temperature, top_p, generator, device)
+            self.last_timing: dict[str, float] = {}  # wall seconds of this call: sampling, environment steps, resets
+            episodes = run_episodes([environment() for _ in row_prompt_index],
+                                    [examples[i] for i in row_prompt_index],
+                                    [env_seed + r for r in range(len(row_prompt_index))], self.chat, sample_turn,
+                                    limits, stop=stop, workers=self.env_workers, timing=self.last_timing)
         return assemble(episodes, row_prompt_index, self.pad_token_id,
                         lambda rows: self.tokenizer.batch_decode(rows, skip_special_tokens=True), rounds=rounds)
 
@@ -255,19 +304,221 @@ class HFEngine:
         """The episode loop's ``sample_turn`` (``run_episodes``): one action per context, sampled in micro-batches of
         ``max_batch_size`` on the model's device (or ``device``)."""
         device = device if device is not None else next(self.model.parameters()).device
+        # Prefix K/V reuse between calls of this sampler (turns): the rollout's store when one is open (``generate``
+        # opens one for episodes against an environment, none for plain completions), else a store of its own (the
+        # sampler is used directly: search, custom episode loops).
+        store = self._prefix_kv if self._prefix_kv is not None else self.new_prefix_kv()
 
         def sample_turn(contexts: list[list[int]], budget: int, stops: list[str]):
             out = []
-            for start in range(0, len(contexts), self.max_batch_size):
-                ids, lps, ents, why = self._generate_micro_batch(contexts[start:start + self.max_batch_size],
-                                                                 temperature, top_p, budget, stops, generator, device)
-                out += list(zip(ids, lps, ents, why))
+            with self.prefix_kv_scope(store, force=True):
+                generation = store.new_generation() if store else 0
+                for start in range(0, len(contexts), self.max_batch_size):
+                    ids, lps, ents, why = self._generate_micro_batch(contexts[start:start + self.max_batch_size],
+                                                                     temperature, top_p, budget, stops, generator,
+                                                                     device)
+                    out += list(zip(ids, lps, ents, why))
+                if store:  # later turns extend this turn's rows; older rows are never looked up again
+                    store.drop_older(generation)
             return out
         return sample_turn
 
+    # ---- prefix K/V reuse ----------------------------------------------------------------------------------------
+    def new_prefix_kv(self) -> PrefixKV | bool:
+        """A fresh prefix K/V store for one rollout, or False when reuse is off."""
+        if not (self.static_kv_cache and self.reuse_prefix_kv and self.prefix_kv_mb > 0):
+            return False
+        return PrefixKV(int(self.prefix_kv_mb * 2**20))
+
+    @contextmanager
+    def prefix_kv_scope(self, store: PrefixKV | bool, force: bool = False):
+        """Make ``store`` the prefix K/V store of the decodes inside (an open outer scope wins unless ``force``)."""
+        previous = self._prefix_kv
+        if previous is None:  # the outermost scope: a new rollout
+            self.kv_stats = {"reused_tokens": 0, "prefilled_tokens": 0}
+        if previous is None or force:
+            self._prefix_kv = store
+        try:
+            yield
+        finally:
+            self._prefix_kv = previous
+
     def _generate_micro_batch(self, row_prompts: list[list[int]], temperature: float, top_p: float,
                               max_new_tokens: int, stop: list[str], generator: torch.Generator, device):
-        """Decode one micro-batch; returns per row: response ids, their log-probs [T], entropies [T], finish reason."""
+        """Decode one micro-batch; returns per row: response ids, their log-probs [T], entropies [T], finish reason.
+
+        The static-cache path when it is on and the model's cache is plain full attention, else the reference loop
+        (both give the same ids, log-probs and entropies for the same generator; tests/test_decode.py)."""
+        if self.static_kv_cache:
+            out = self._decode_static(row_prompts, temperature, top_p, max_new_tokens, stop, generator, device)
+            if out is not None:
+                return out
+        return self._decode_reference(row_prompts, temperature, top_p, max_new_tokens, stop, generator, device)
+
+    def _decode_static(self, row_prompts: list[list[int]], temperature: float, top_p: float, max_new_tokens: int,
+                       stop: list[str], generator: torch.Generator, device):
+        """The fast decode loop: a KV cache preallocated at its final width, prefix K/V reuse, lean sampling.
+
+        Layout of a row (columns of the cache and of the attention mask): the reused prefix K/V right-aligned in the
+        first ``C`` columns (C = the longest reuse in the batch), the rest of the context right-aligned in the next
+        ``S`` (prefilled in one forward), then the sampled tokens. Padding columns -- left of a row's reused prefix,
+        between it and its suffix, after a row ended -- are masked; position ids count only real tokens, so every
+        row sees exactly the positions and keys of its own unpadded sequence."""
+        store = self._prefix_kv if isinstance(self._prefix_kv, PrefixKV) else None
+        num_rows = len(row_prompts)
+        # Rows with the same context (the n samples of a group) share its prefill: run each distinct context once,
+        # then copy its K/V and first logits to every row of it. Same values as prefilling every row.
+        if self.share_prompt_prefill:
+            distinct: dict[tuple[int, ...], int] = {}
+            row_source = [distinct.setdefault(tuple(ids), len(distinct)) for ids in row_prompts]
+            contexts = [list(ids) for ids in distinct]
+        else:
+            row_source, contexts = list(range(num_rows)), [list(ids) for ids in row_prompts]
+        num_ctx = len(contexts)
+        share = num_ctx < num_rows
+
+        if store is not None:
+            store.check_weights(self.model)
+        found = [store.lookup(c) if store is not None else (None, 0) for c in contexts]
+        reuse = [n for _, n in found]
+        width_c = max(reuse)
+        suffix = [len(c) - n for c, n in zip(contexts, reuse)]
+        width_s = max(suffix)
+        width = width_c + width_s
+        cache = preallocated_cache(self.model, width if share else width + max_new_tokens)
+        if cache is None:
+            return None
+        self.kv_stats["reused_tokens"] += sum(reuse)
+        self.kv_stats["prefilled_tokens"] += sum(suffix)
+
+        attention = torch.zeros((num_ctx, width), dtype=torch.long)
+        input_ids = torch.full((num_ctx, width_s), self.pad_token_id, dtype=torch.long)
+        for d, (ctx, n, s_len) in enumerate(zip(contexts, reuse, suffix)):
+            attention[d, width_c - n:width_c] = 1
+            attention[d, width - s_len:] = 1
+            input_ids[d, width_s - s_len:] = torch.tensor(ctx[n:], dtype=torch.long)
+        attention, input_ids = attention.to(device), input_ids.to(device)
+        positions = (attention.cumsum(-1) - 1).clamp(min=0)
+        if width_c > 0:  # copy the reused K/V in; other columns zero (masked, but never NaN garbage)
+            first = next(entry for entry, n in found if n > 0)
+            for i, layer in enumerate(cache.layers):
+                k0 = first.kv[i][0]
+                layer.allocate(num_ctx, k0.shape[0], k0.shape[-1], k0.dtype, k0.device)
+                layer.buf_k[:, :, :width_c].zero_()
+                layer.buf_v[:, :, :width_c].zero_()
+                for d, (entry, n) in enumerate(found):
+                    if n:
+                        layer.buf_k[d, :, width_c - n:width_c].copy_(entry.kv[i][0][:, :n])
+                        layer.buf_v[d, :, width_c - n:width_c].copy_(entry.kv[i][1][:, :n])
+                layer.set_length(width_c)
+        out = self.model(input_ids=input_ids, attention_mask=attention, position_ids=positions[:, width_c:],
+                         past_key_values=cache, use_cache=True, logits_to_keep=1)
+        next_logits = out.logits[:, -1, :]
+        del out
+        next_position = attention.sum(-1)  # [contexts] position id of the next token (real tokens so far)
+        if share:
+            source = torch.tensor(row_source, device=device)
+            cache = expand_rows(cache, source, width + max_new_tokens)
+            next_logits, attention, next_position = next_logits[source], attention[source], next_position[source]
+        # Attention mask for context + all steps, filled as we go (0 after a row finished, so its pads are ignored).
+        full_attention = torch.zeros((num_rows, width + max_new_tokens), dtype=torch.long, device=device)
+        full_attention[:, :width] = attention
+        attention = full_attention
+        eos_ids = torch.tensor(self.eos_token_ids or [-1], dtype=torch.long, device=device)
+        check_eos = bool(self.eos_token_ids) and not self.ignore_eos
+
+        step_token_ids = torch.full((num_rows, max_new_tokens), self.pad_token_id, dtype=torch.long, device=device)
+        step_logprobs = torch.zeros((num_rows, max_new_tokens), dtype=torch.float32, device=device)
+        step_entropies = torch.zeros((num_rows, max_new_tokens), dtype=torch.float32, device=device)
+        active = torch.ones(num_rows, dtype=torch.bool, device=device)
+        lengths = torch.zeros(num_rows, dtype=torch.long, device=device)
+        reasons = ["length"] * num_rows
+        stop_window = max((len(s) for s in stop), default=0) + 8  # tokens to decode when checking stop strings
+        steps_run = forwards = 0
+        all_active = True  # no row has ended yet: skip the masking ops
+        for step in range(max_new_tokens):
+            if step < self.min_new_tokens and self.eos_token_ids:
+                next_logits = next_logits.index_fill(-1, eos_ids, float("-inf"))  # too early to end a row
+            token_ids, token_logprob, entropy = _sample_step_fast(next_logits, temperature, top_p, generator)
+            if all_active:
+                step_token_ids[:, step] = token_ids
+                step_logprobs[:, step] = token_logprob
+                step_entropies[:, step] = entropy
+                attention[:, width + step] = 1
+            else:
+                token_ids = torch.where(active, token_ids, self.pad_token_id)
+                step_token_ids[:, step] = token_ids
+                step_logprobs[:, step] = torch.where(active, token_logprob, 0.0)
+                step_entropies[:, step] = torch.where(active, entropy, 0.0)
+                attention[:, width + step] = active
+            lengths += active
+            steps_run = step + 1
+
+            still_active = active
+            if check_eos:
+                hit_eos = active & torch.isin(token_ids, eos_ids)
+                if hit_eos.any():
+                    for r in hit_eos.nonzero().flatten().tolist():
+                        reasons[r] = "eos"
+                    still_active = active & ~hit_eos
+            if stop and step + 1 >= self.min_new_tokens and still_active.any():
+                # Only the recent tokens can complete a stop string that was not complete a step earlier.
+                still_active = still_active.clone()
+                lo = max(0, step + 1 - stop_window)
+                recent = step_token_ids[:, lo:step + 1].tolist()
+                length_list = lengths.tolist()
+                for r in still_active.nonzero().flatten().tolist():
+                    text = self.tokenizer.decode(recent[r][: length_list[r] - lo], skip_special_tokens=False)
+                    if any(s in text for s in stop):
+                        reasons[r] = "stop"
+                        still_active[r] = False
+            if still_active is not active:
+                active = still_active
+                all_active = bool(active.all())
+                if not active.any():
+                    break
+            if step == max_new_tokens - 1:
+                break
+            out = self.model(
+                input_ids=token_ids[:, None],
+                attention_mask=attention[:, : width + step + 1],
+                position_ids=next_position[:, None],
+                past_key_values=cache,
+                use_cache=True,
+            )
+            forwards += 1
+            next_position += 1
+            next_logits = out.logits[:, -1, :]
+            del out
+
+        token_rows = step_token_ids[:, :steps_run].tolist()
+        length_list = lengths.tolist()
+        responses = [token_rows[r][: length_list[r]] for r in range(num_rows)]
+        logprob_rows = [step_logprobs[r, : length_list[r]].cpu() for r in range(num_rows)]
+        entropy_rows = [step_entropies[r, : length_list[r]].cpu() for r in range(num_rows)]
+        if store is not None and store.accepting:
+            self._keep_prefix_kv(store, cache, attention, row_prompts, responses, width, forwards)
+        return responses, logprob_rows, entropy_rows, reasons
+
+    @staticmethod
+    def _keep_prefix_kv(store: PrefixKV, cache, attention: Tensor, row_prompts: list[list[int]],
+                        responses: list[list[int]], width: int, forwards: int) -> None:
+        """Keep each row's K/V (its real columns: context, then the sampled tokens whose K/V a forward computed --
+        all but the last one) in ``store``, keyed by those tokens, while the store has room."""
+        per_token = sum(2 * layer.buf_k.shape[1] * layer.buf_k.shape[-1] * layer.buf_k.element_size()
+                        for layer in cache.layers)
+        for r, (ctx, resp) in enumerate(zip(row_prompts, responses)):
+            n_kv = min(len(resp), forwards)
+            columns = attention[r, : width + n_kv].nonzero().flatten()
+            if len(columns) != len(ctx) + n_kv or not store.fits(len(columns) * per_token):
+                continue
+            kv = [(layer.buf_k[r][:, columns], layer.buf_v[r][:, columns]) for layer in cache.layers]
+            store.put(list(ctx) + list(resp[:n_kv]), kv)
+
+    def _decode_reference(self, row_prompts: list[list[int]], temperature: float, top_p: float,
+                          max_new_tokens: int, stop: list[str], generator: torch.Generator, device):
+        """The reference decode loop (a growing ``DynamicCache``, the plain sampling step), unchanged from before the
+        static-cache path; ``static_kv_cache=False`` selects it."""
         from transformers import DynamicCache
 
         num_rows = len(row_prompts)
@@ -295,6 +546,7 @@ class HFEngine:
         share = self.share_prompt_prefill and len(distinct) < num_rows
         prefill_ids = prompt_ids[first_rows] if share else prompt_ids
         prefill_attention = prompt_attention[first_rows] if share else prompt_attention
+        self.kv_stats["prefilled_tokens"] += int(prefill_attention.sum())
         cache = DynamicCache(config=self.model.config)
         out = self.model(
             input_ids=prefill_ids,

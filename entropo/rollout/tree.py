@@ -19,9 +19,10 @@ Choices where the paper is silent (spec §16 (g)), made here:
 
 Prefix sharing: a branch never re-samples its prefix. Its prefix tokens, their behaviour log-probs and entropies are
 copied from the root (same model, same sampling distribution), and decoding resumes with the same KV-cached loop as
-``HFEngine`` (the inherited ``_generate_micro_batch``): the prompt + prefix is one parallel prefill forward per
-branch, not token-by-token sampling. (Reusing the root's KV cache instead of that prefill would need
-``HFEngine._generate_micro_batch`` split into a prefill and a decode-from-cache part.)
+``HFEngine`` (the inherited ``_generate_micro_batch``). With the static-cache path (``HFEngine``'s default) the
+roots' K/V are kept for the whole ``generate`` call (``HFEngine.prefix_kv_scope``), so a branch copies the K/V of
+prompt + prefix from its root and only runs its last prefix token before sampling; otherwise prompt + prefix is one
+parallel prefill forward per branch.
 
 ``last_stats`` after each ``generate`` holds ``generated_tokens`` (tokens actually sampled: roots in full plus each
 branch's new suffix) and ``leaf_tokens`` (the total length of the returned responses, i.e. what independent sampling
@@ -97,8 +98,9 @@ class HFTreeEngine(HFEngine):
     ``n_fork_points`` (N, default 3) and ``branches`` (B, default 2)."""
 
     def __init__(self, model, tokenizer, *, chat_template: str | bool = "auto", max_batch_size: int = 64,
-                 n_fork_points: int = 3, branches: int = 2):
-        super().__init__(model, tokenizer, chat_template=chat_template, max_batch_size=max_batch_size)
+                 n_fork_points: int = 3, branches: int = 2, **engine_params: Any):
+        super().__init__(model, tokenizer, chat_template=chat_template, max_batch_size=max_batch_size,
+                         **engine_params)
         if n_fork_points < 0 or branches < 0:
             raise ValueError(f"n_fork_points and branches must be >= 0, got {n_fork_points}, {branches}")
         self.n_fork_points, self.branches = int(n_fork_points), int(branches)
@@ -150,7 +152,13 @@ class HFTreeEngine(HFEngine):
         device = next(self.model.parameters()).device
         generator = generator if generator is not None else default_generator(device)
         trees = trees_per_prompt(n, self.n_fork_points, self.branches)
+        store = self.new_prefix_kv()  # the roots' K/V, for the branches that fork off them
+        with self.prefix_kv_scope(store):
+            return self._generate_tree(prompts, n, trees, temperature, top_p, max_new_tokens, stop, generator,
+                                       device, store)
 
+    def _generate_tree(self, prompts, n, trees, temperature, top_p, max_new_tokens, stop, generator, device,
+                       store) -> RolloutOutput:
         # 1. roots: M independent complete samples per prompt (HFEngine validates the arguments and prompts).
         roots = HFEngine.generate(self, prompts, trees, temperature=temperature, top_p=top_p,
                                  max_new_tokens=max_new_tokens, stop=stop, generator=generator)
@@ -169,6 +177,8 @@ class HFTreeEngine(HFEngine):
             if leaf.fork_position is not None:
                 leaf.fork_position = forks[leaf.root_row][leaf.fork_position]
         branch_leaves = [leaf for leaf in leaves if leaf.fork_position is not None]
+        if store:
+            store.accepting = False  # branches read the roots' K/V; nothing extends a branch
         branch_out = self._sample_rows(
             [prompt_token_ids[b.prompt] + root_tokens[b.root_row][: b.fork_position] for b in branch_leaves],
             [max_new_tokens - b.fork_position for b in branch_leaves],
