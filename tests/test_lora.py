@@ -138,3 +138,27 @@ def test_an_adapter_on_a_tied_output_head_is_refused():
     cfg = load_recipe(None, ["model.lora={target_modules: [q_proj, lm_head]}"]).model.lora
     with pytest.raises(ValueError, match="model.lora.target_modules.*lm_head.*tie"):
         LoRA(model, cfg)
+
+
+def test_final_holds_the_adapter_and_on_request_the_merged_model(tmp_path):
+    from peft import PeftModel
+
+    torch.manual_seed(0)
+    model, tok = models.load("tiny")
+    lora = LoRA(model, load_recipe(None, [ALL]).model.lora)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.5)
+    ids = torch.tensor([[1, 5, 9, 12, 7, 3, 4, 8]])
+    trained = logits(model, ids)
+    lora.save_final(tmp_path / "adapter_only", tok, merged=False)
+    assert (tmp_path / "adapter_only" / "adapter" / "adapter_model.safetensors").exists()
+    assert not (tmp_path / "adapter_only" / "config.json").exists()  # no merged model unless asked for
+    lora.save_final(tmp_path / "both", tok, merged=True)
+    merged, _ = models.load(str(tmp_path / "both"))  # a plain Hugging Face folder
+    assert not any("lora_" in k or "base_layer" in k for k in merged.state_dict())
+    assert torch.allclose(logits(merged, ids), trained, atol=1e-5)
+    base, _ = models.load("tiny")  # the adapter applies to the base it was trained on
+    reloaded = PeftModel.from_pretrained(base, str(tmp_path / "both" / "adapter"))
+    assert torch.allclose(logits(reloaded, ids), trained, atol=1e-5)
