@@ -1,13 +1,21 @@
 """LoRA vs full fine-tuning on SmolLM2-135M: peak memory and step time of the same RL steps, in one invocation.
 
-Both sides run the same recipe (``smollm2_addition`` with a KL-to-reference term, as most RLHF/RLVR recipes have one)
+Every side runs the same recipe (``smollm2_addition`` with a KL-to-reference term, as most RLHF/RLVR recipes have one)
 for the same steps, each in its own subprocess so that its memory is its own: the kernel's ``VmHWM`` at exit (the
-whole process, loading the GGUF model included) and the peak of ``VmRSS`` sampled every 20 ms once the first RL step
-is logged (the training steady state: model, reference, optimizer state, activations). Full fine-tuning keeps AdamW moments and
-gradients for every weight plus a frozen reference copy; LoRA keeps them for the adapters only, and its reference is
-the base with the adapters off. Sides are interleaved over ``--trials``; medians are reported with ratios.
+whole process, loading the model included), the peak of ``VmRSS`` sampled every 20 ms once the first RL step is
+logged, and per trainer phase (set-up, evaluation, rollout, scoring, update) the resident memory at entry and its
+peak inside. Full fine-tuning keeps AdamW moments and gradients for every weight plus a frozen reference copy; LoRA
+keeps them for the adapters only, and its reference is the base with the adapters off. Sides:
 
-    python benchmarks/lora_vs_full.py [--steps 3] [--trials 1] [--threads 2] [--out benchmarks/results/lora.json]
+- ``full``, ``lora``: the same work (same micro-batches, no recomputation);
+- ``lora_ckpt``, ``full_ckpt``: with ``train.activation_checkpointing=true`` (per-layer recomputation);
+- ``full_glibc``, ``lora_glibc``: with ``ENTROPO_MMAP_THRESHOLD=0``, i.e. glibc's default allocator behaviour, which
+  keeps freed activation memory in the process (entropo/heap.py).
+
+Sides are interleaved over ``--trials``; medians are reported with ratios to the first full side.
+
+    python benchmarks/lora_vs_full.py [--steps 3] [--trials 1] [--threads 2] [--sides full,lora,lora_ckpt,lora_glibc]
+                                      [--out benchmarks/results/lora.json]
 
 Needs ``entropo models pull smollm2-135m-instruct`` and PEFT (``make setup`` installs it).
 """
