@@ -23,13 +23,13 @@ def rss():
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
 set_to = heap.return_freed_memory()
-warm = torch.ones(1 << 20)  # a 4 MB block, mapped and freed: glibc's dynamic threshold rises to its size
+warm = torch.ones(1 << 21)  # an 8 MB block, mapped and freed: glibc's dynamic threshold rises to its size
 del warm
 before = rss()
 keep, big = [], []
-for _ in range(100):  # activations (4 MB) interleaved with small tensors that stay alive, as in a forward pass
-    big.append(torch.ones(1 << 20))
-    keep.append(torch.ones(64))
+for _ in range(200):  # activations (2 MB) interleaved with smaller tensors that stay alive, as in a forward pass
+    big.append(torch.ones(1 << 19))
+    keep.append(torch.ones(1 << 15))
 peak = rss()
 big.clear()
 print(json.dumps({"set": set_to, "held_mb": peak - before, "kept_mb": rss() - before}))
