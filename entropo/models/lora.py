@@ -3,15 +3,16 @@ with the adapters switched off, so a KL term needs no second model in memory.
 
 PEFT injects its LoRA layers into the loaded model in place; entropo keeps using that same model object everywhere
 (rollout, scoring, update) and this handle for what is adapter-specific: the trainable state, the reference scope,
-folding a warm-up into the base, and the final adapter / merged model.
+folding a warm-up into the base, and the final adapter / merged model. ``merged_weights`` streams the policy's merged
+weights under the base model's names (what vLLM loads after every update, and what ``final/`` holds) without touching
+the training model.
 """
 
 from __future__ import annotations
 
-import copy
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -20,6 +21,50 @@ ADAPTER = "default"
 
 def _is_adapter_key(name: str) -> bool:
     return ".lora_" in name
+
+
+PEFT_PREFIX = "base_model.model."  # what a PeftModel wrapper puts before the model's own names
+
+
+def has_adapters(model: torch.nn.Module) -> bool:
+    """True when PEFT has injected adapters into ``model`` (or ``model`` is a PeftModel)."""
+    return hasattr(model, "peft_config")
+
+
+def merged_weights(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
+    """The weights of the policy ``model`` computes, with its active LoRA adapters merged, under the base model's
+    own parameter names: ``(name, tensor)`` for every entry of the base state dict, where each adapted weight is
+    ``W + scale * B @ A`` (PEFT's ``get_delta_weight``: fan-in/fan-out layout and ``alpha / r`` included) and no
+    name carries ``base_model.model.``, ``.base_layer`` or a ``lora_`` tensor.
+
+    Nothing is mutated (the training model keeps its separate, trainable adapters) and one merged matrix exists at
+    a time (a generator): this is what an inference engine that knows nothing of LoRA loads after every update
+    (``rollout.engine=vllm``). Equals the state dict of PEFT's ``merge_and_unload`` (tests/test_lora.py). Adapters
+    that are disabled or already merged into the base contribute nothing (the base already holds them)."""
+    from peft.tuners.lora import LoraLayer
+
+    layers = {name: m for name, m in model.named_modules() if isinstance(m, LoraLayer)}
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if getattr(getattr(model, "config", None), "tie_word_embeddings", False) and isinstance(head, LoraLayer):
+        raise ValueError("merged_weights: the output head has an adapter but shares its weight with the input "
+                         "embeddings, so there is no one merged model; leave lm_head out of model.lora.target_modules")
+    for key, tensor in model.state_dict().items():
+        if _is_adapter_key(key):
+            continue
+        if "modules_to_save." in key or ".original_module." in key:
+            raise ValueError(f"merged_weights: {key!r} belongs to a PEFT modules_to_save copy, which entropo's "
+                             f"model.lora does not create; merge this model with PEFT's merge_and_unload instead")
+        name = key
+        if ".base_layer." in key:
+            owner, leaf = key.rsplit(".base_layer.", 1)
+            name = f"{owner}.{leaf}"
+            layer = layers.get(owner)
+            if layer is not None and leaf == "weight" and not layer.disable_adapters:
+                live = [a for a in layer.active_adapters if a in layer.lora_A and a not in layer.merged_adapters]
+                if live:
+                    with torch.no_grad():
+                        tensor = tensor + sum(layer.get_delta_weight(a) for a in live).to(tensor.dtype)
+        yield name.removeprefix(PEFT_PREFIX), tensor.detach()
 
 
 class LoRA:
@@ -37,6 +82,13 @@ class LoRA:
             if unknown:
                 raise ValueError(f"model.lora.target_modules: {unknown} match no linear layer of this model; its "
                                  f"linear layers are: {', '.join(sorted(names))}")
+        head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+        head_names = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if head is not None and m is head}
+        if getattr(model.config, "tie_word_embeddings", False) and not isinstance(targets, str) and \
+                head_names & set(targets):
+            raise ValueError(f"model.lora.target_modules: {sorted(head_names & set(targets))} is the output head, "
+                             f"whose weight this model ties to the input embeddings: an adapter there cannot be "
+                             f"merged into one model (merging would change the embeddings too); leave it out")
         peft_cfg = LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=targets,
                               bias="none", task_type="CAUSAL_LM")
         self.peft = get_peft_model(model, peft_cfg)
@@ -91,7 +143,6 @@ class LoRA:
         merged model in ``final/`` (a plain Hugging Face folder)."""
         final_dir = Path(final_dir)
         self.peft.save_pretrained(final_dir / "adapter")
-        if merged:
-            plain = copy.deepcopy(self.peft).merge_and_unload()
-            plain.save_pretrained(final_dir)
+        if merged:  # new tensors only for the adapted matrices (the rest is the model's own; no deepcopy)
+            self.model.save_pretrained(final_dir, state_dict=dict(merged_weights(self.model)))
             tokenizer.save_pretrained(final_dir)

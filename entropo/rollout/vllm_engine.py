@@ -11,6 +11,13 @@ Weights: after every optimizer update (and after an SFT warm-up or a resume: whe
 state dict through vLLM's own loaders (not one call per parameter), then a reset of vLLM's prefix cache (cached KV of
 the old weights must not be reused). ``last_sync_s`` times it.
 
+LoRA (``model.lora``): vLLM knows nothing of the adapters. It is built from, and after every update receives, the
+merged weights W + (alpha / r) B @ A of every adapted layer under the base model's parameter names
+(``entropo.models.lora.merged_weights``: computed one layer at a time from the live adapters, without merging anything
+into the training model, whose adapters keep training and whose base stays the reference). The push is the same
+streamed ``reload_weights`` call; exact up to float rounding, and simpler than vLLM's own LoRA path (which needs
+``enable_lora``, a maximum rank and a new adapter id and folder per update).
+
 Mismatch: vLLM's kernels differ from the trainer's, so the recorded log-probs are not exactly the trainer's
 (``records_policy_logprobs`` is False: the trainer recomputes the pre-update log-probs). ``kl/behaviour`` (logged every
 step) measures the engine-vs-trainer gap; the ``truncated_is`` shaping component reweights each token by the
@@ -37,6 +44,7 @@ from typing import Any
 import torch
 
 from entropo.extras import require
+from entropo.models.lora import has_adapters, merged_weights
 from entropo.registry import register
 from entropo.rollout.hf import HFEngine
 
@@ -59,15 +67,15 @@ class VLLMEngine(HFEngine):
                  seed: int = 0, **vllm_kwargs: Any):
         super().__init__(model, tokenizer, chat_template=chat_template, max_batch_size=max_batch_size,
                          env_workers=env_workers)
-        if hasattr(model, "peft_config"):
-            raise ValueError("rollout.engine=vllm with model.lora is not supported yet (vLLM would need the merged "
-                             "weights or its own LoRA adapters); use rollout.engine=hf with LoRA")
+        self.lora = has_adapters(model)  # model.lora: vLLM gets the merged weights (see _weights)
         # the engine core in this process, so the weights can be pushed into its model directly
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         vllm = require("vllm", "vllm", "rollout.engine=vllm")
         self._vllm = vllm
         self._dir = tempfile.mkdtemp(prefix="entropo-vllm-")
-        model.save_pretrained(self._dir)  # vLLM builds its model from a folder; weights are pushed from then on
+        # vLLM builds its model from a folder (a plain one: with LoRA, the merged weights under the base names);
+        # weights are pushed from then on
+        model.save_pretrained(self._dir, state_dict=dict(self._weights(model)) if self.lora else None)
         tokenizer.save_pretrained(self._dir)
         self.sleep_mode = enable_sleep_mode
         kwargs: dict[str, Any] = dict(model=self._dir, skip_tokenizer_init=True, dtype=dtype, seed=seed,
@@ -136,11 +144,18 @@ class VLLMEngine(HFEngine):
         the kernel-format processing its CPU and GPU layers do after loading); never one call per parameter."""
         t0 = time.perf_counter()
         self._wake()
-        weights = ((name, tensor.detach()) for name, tensor in model.state_dict().items())
+        weights = self._weights(model)
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights, "is_checkpoint_format": True})
         self.llm.reset_prefix_cache()
         self.last_sync_s = time.perf_counter() - t0
         self.syncs += 1
+
+    def _weights(self, model):
+        """(name, tensor) pairs in the base model's names: the state dict, or with LoRA the merged weights
+        (W + scale * B @ A per adapted layer, computed one layer at a time; the training model is not touched)."""
+        if self.lora:
+            return merged_weights(model)
+        return ((name, tensor.detach()) for name, tensor in model.state_dict().items())
 
     def _wake(self) -> None:
         if self.sleep_mode and self._asleep:
