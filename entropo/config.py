@@ -94,7 +94,8 @@ class ModelConfig(_Section):
         True, description="Keep the frozen copy of the initial policy (the default reference: no `reference`, no "
         "`lora`) in memory. false: its weights stay in the run directory's reference.pt and are memory-mapped only while the "
         "reference log-probs are computed (the same weights, so the same values), then unmapped, so the update's "
-        "peak memory holds one model less; costs mapping the file once per step (it stays in the OS page cache).")
+        "peak memory holds one model less; costs mapping the file once per step (it stays in the OS page cache). "
+        "With train.distributed=fsdp the reference is sharded over the processes instead and this is not used.")
     lora: LoraSection | None = Field(None, description="Train LoRA adapters instead of all weights (needs PEFT).")
 
 
