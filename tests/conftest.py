@@ -80,3 +80,18 @@ def tiny_step_world(overrides=()):
 
     return SimpleNamespace(recipe=recipe, model=model, tokenizer=tokenizer, task=task, engine=engine, rewards=rewards,
                            score=score, context=context, rollout_context=rollout_context, trainer_run=trainer_run)
+
+
+def padded_rows():
+    """3 rows of token ids with >= 2 columns of left padding and >= 1 of right padding, different lengths:
+    ``(input_ids, attention_mask, response_mask)`` for log-prob/gradient equivalence tests."""
+    ids = torch.randint(3, 40, (3, 12), generator=torch.Generator().manual_seed(0))
+    attention = torch.zeros(3, 12, dtype=torch.long)
+    attention[0, 2:11] = 1
+    attention[1, 4:9] = 1
+    attention[2, 3:7] = 1
+    response = torch.zeros(3, 12)
+    response[0, 6:11] = 1
+    response[1, 6:9] = 1
+    response[2, 5:7] = 1
+    return ids * attention, attention, response

@@ -9,6 +9,7 @@ from entropo.logging import read_metrics
 from entropo.models import tiny
 from entropo.models.logprobs import token_logprobs_and_entropy
 from entropo.trainer import enable_activation_checkpointing, score_tokens, train
+from conftest import padded_rows
 
 
 def _naive(model, input_ids, attention_mask):
@@ -21,23 +22,9 @@ def _naive(model, input_ids, attention_mask):
     return torch.nn.functional.pad(token_logp, (1, 0)), torch.nn.functional.pad(entropy, (1, 0))
 
 
-def _padded_rows():
-    # 3 rows, all with >= 2 columns of left padding and >= 1 of right padding, different lengths
-    ids = torch.randint(3, 40, (3, 12), generator=torch.Generator().manual_seed(0))
-    attention = torch.zeros(3, 12, dtype=torch.long)
-    attention[0, 2:11] = 1
-    attention[1, 4:9] = 1
-    attention[2, 3:7] = 1
-    response = torch.zeros(3, 12)
-    response[0, 6:11] = 1
-    response[1, 6:9] = 1
-    response[2, 5:7] = 1
-    return ids * attention, attention, response
-
-
 def test_trimmed_columns_give_the_full_width_values_and_grads():
     model, _ = tiny()
-    ids, attention, response = _padded_rows()
+    ids, attention, response = padded_rows()
     lp, ent = token_logprobs_and_entropy(model, ids, attention, compute_mask=response, chunk_size=4)
     ref_lp, ref_ent = _naive(model, ids, attention)
     assert torch.allclose(lp, ref_lp * response, atol=1e-5) and torch.allclose(ent, ref_ent * response, atol=1e-5)
@@ -53,7 +40,7 @@ def test_trimmed_columns_give_the_full_width_values_and_grads():
 
 def test_length_sorted_micro_batches_score_every_row_in_place():
     model, _ = tiny()
-    ids, attention, response = _padded_rows()
+    ids, attention, response = padded_rows()
     batch = Batch(input_ids=ids, attention_mask=attention, response_mask=response, rewards=torch.zeros(3),
                   group_ids=torch.arange(3))
     whole = score_tokens(model, batch, temperature=1.0, micro_batch_size=3, chunk_size=64)
@@ -81,7 +68,7 @@ def test_behaviour_logprobs_are_reused_only_where_exact(tmp_path, tiny_recipe_ov
 
 
 def test_activation_checkpointing_gives_the_same_gradients(tmp_path, tiny_recipe_overrides):
-    ids, attention, response = _padded_rows()
+    ids, attention, response = padded_rows()
     grads = []
     for checkpointed in (False, True):
         model, _ = tiny()

@@ -14,6 +14,7 @@ from entropo.memory import (CheckpointPlan, activation_bytes_per_token, checkpoi
 from entropo.models import tiny
 from entropo.models.logprobs import token_logprobs_and_entropy
 from entropo.trainer import enable_activation_checkpointing, train
+from conftest import padded_rows
 
 SMOL = SimpleNamespace(hidden_size=576, intermediate_size=1536, num_hidden_layers=30)  # SmolLM2-135M's shape
 
@@ -34,21 +35,8 @@ def test_saved_activations_and_layers_to_checkpoint_by_hand():
     assert layers_to_checkpoint(SMOL, tokens=0, budget_mb=1) == 0
 
 
-def _rows():
-    ids = torch.randint(3, 40, (3, 12), generator=torch.Generator().manual_seed(0))
-    attention = torch.zeros(3, 12, dtype=torch.long)
-    attention[0, 2:11] = 1
-    attention[1, 4:9] = 1
-    attention[2, 3:7] = 1
-    response = torch.zeros(3, 12)
-    response[0, 6:11] = 1
-    response[1, 6:9] = 1
-    response[2, 5:7] = 1
-    return ids * attention, attention, response
-
-
 def test_partial_checkpointing_gives_the_same_gradients_and_picks_the_estimated_layers():
-    ids, attention, response = _rows()
+    ids, attention, response = padded_rows()
     tokens = 3 * 9  # 3 rows x columns 2..10 spanned by some row
     base, _ = tiny(num_layers=4)  # built once (tiny() saves and reloads a model): every variant is a copy
     config = base.config
