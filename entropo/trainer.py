@@ -672,7 +672,8 @@ def setup(recipe: Recipe, run_dir: str | Path | None, resume: bool, console: Cal
         recipe_diff.check_and_write(out_dir, recipe, saved, latest, console)  # refuses a resume that changes the run
 
     seed_everything(recipe.seed)
-    heap.return_freed_memory()  # freed activations leave the process (glibc would keep them; entropo/heap.py)
+    # freed activations leave the process (glibc would keep them); the threshold trades page faults for memory
+    heap.return_freed_memory(heap.threshold_for(recipe.train.malloc_mmap_threshold, recipe.model.lora is not None))
     device = distributed.device_for(dist)
     model, tokenizer = load_model(recipe, device)
     distributed.connect(dist, recipe.train.dist_timeout_s)

@@ -59,9 +59,19 @@ def test_threshold_settings(monkeypatch):
         heap.return_freed_memory()
     monkeypatch.setenv(heap.ENV, "0")
     assert heap.return_freed_memory() == 0  # opted out
+    assert heap.return_freed_memory(1 << 20) == 0  # the environment overrides the recipe's threshold
     monkeypatch.delenv(heap.ENV)
     monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "65536")
     assert heap.return_freed_memory() == 0  # glibc's own tunable is the user's choice
+
+
+def test_auto_threshold_is_low_for_lora_and_high_for_full_fine_tuning():
+    assert heap.threshold_for("auto", lora=True) == 256 * 1024
+    assert heap.threshold_for("auto", lora=False) == 8 * 1024 * 1024
+    assert heap.threshold_for(0, lora=True) == 0 and heap.threshold_for(65536, lora=False) == 65536
+    assert load_recipe(None, []).train.malloc_mmap_threshold == "auto"
+    with pytest.raises(ValueError, match="malloc_mmap_threshold"):
+        load_recipe(None, ["train.malloc_mmap_threshold=lots"])
 
 
 def test_frozen_base_gets_no_gradient_and_no_optimizer_state():
