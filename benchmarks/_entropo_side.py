@@ -73,7 +73,7 @@ def entropo_recipe(spec: dict[str, Any], run_root: str | Path):
         "aggregation": {"mode": "token-mean"},
         # one more step than we run: the loop is stopped by stop_after, so no final eval/save/plots are done
         "train": {"steps": total_steps(spec) + 1, "ppo_epochs": spec["ppo_epochs"], "mini_batches": 1,
-                  "micro_batch_size": spec["micro_batch_size"], "grad_clip": 1.0,
+                  "micro_batch_size": ent.get("micro_batch_size", spec["micro_batch_size"]), "grad_clip": 1.0,
                   "logprob_chunk_size": ent["logprob_chunk_size"], "old_logprobs": ent["old_logprobs"],
                   "activation_checkpointing": ent.get("activation_checkpointing", False),
                   **({"activation_memory_mb": ent["activation_memory_mb"]}

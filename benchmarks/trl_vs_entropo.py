@@ -142,7 +142,8 @@ def make_spec(cfg: dict[str, Any], model_path: str, epochs: int, kl_on: bool, ar
         "entropo": {"old_logprobs": args.entropo_old_logprobs,
                     "activation_checkpointing": args.entropo_activation_checkpointing,
                     "activation_memory_mb": args.entropo_activation_memory_mb,
-                    "reference_resident": args.entropo_reference_resident, **cfg["entropo"]},
+                    "reference_resident": args.entropo_reference_resident,
+                    "micro_batch_size": args.entropo_micro_batch_size or cfg["micro_batch_size"], **cfg["entropo"]},
         "trl": {"gradient_checkpointing": args.trl_gradient_checkpointing},
     }
 
@@ -323,6 +324,9 @@ def main() -> int:
                         "default: entropo's default")
     parser.add_argument("--entropo-reference-resident", type=lambda s: s.lower() in ("1", "true", "yes", "on"),
                         default=True, help="entropo's model.reference_resident (default true, its default)")
+    parser.add_argument("--entropo-micro-batch-size", type=int, default=None,
+                        help="entropo's train.micro_batch_size (default: the config's, which TRL also uses as "
+                        "per_device_train_batch_size); the same samples and gradients, in smaller pieces")
     parser.add_argument("--trl-gradient-checkpointing", type=lambda s: s.lower() in ("1", "true", "yes", "on"),
                         default=True, help="TRL's default is true (kept: a user's run)")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds per trial")
