@@ -28,7 +28,7 @@ from entropo.config import ConfigError, Recipe, dump_recipe
 ACCEPTED = (
     "name", "paper", "description",
     "train.steps", "train.micro_batch_size", "train.activation_memory_mb", "train.logprob_chunk_size",
-    "train.activation_checkpointing", "train.threads", "train.max_nonfinite_steps",
+    "train.activation_checkpointing", "train.threads", "train.max_nonfinite_steps", "train.malloc_mmap_threshold",
     "logging.*", "checkpoint.*", "eval.every",
     "rollout.max_batch_size", "optimizer.fused",
     "reward_timeout_s", "reward_isolation", "reward_budget_s", "rewards.*.isolation",

@@ -423,3 +423,15 @@ def test_cli_scale_picks_the_profile(tmp_path, monkeypatch):
     assert bad.exit_code != 0 and "smollm2" in bad.output
     both = CliRunner().invoke(app, ["reproduce", "--scale", "smollm2", "--quick"])
     assert both.exit_code != 0
+
+
+def test_run_fingerprint_ignores_memory_settings_only():
+    """A finished (arm, seed) stays valid when a setting that cannot change its numbers is added or changed (the
+    allocator threshold, the memory-mapped reference); a setting that changes the run changes the fingerprint."""
+    from entropo.reproduce.runner import recipe_fingerprint
+
+    base = recipe_fingerprint(load_recipe(None, []), 1)
+    same = load_recipe(None, ["train.malloc_mmap_threshold=0", "model.reference_resident=false"])
+    assert recipe_fingerprint(same, 1) == base
+    assert recipe_fingerprint(load_recipe(None, ["optimizer.lr=1e-4"]), 1) != base
+    assert recipe_fingerprint(load_recipe(None, []), 2) != base  # threads change float reductions

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
 from entropo import checkpoint as ckpt
 from entropo.config import Recipe, dump_recipe, load_recipe
@@ -100,9 +101,18 @@ def is_finished(run_dir: Path) -> bool:
     return bool(final_row(read_metrics(run_dir)))
 
 
+# settings that cannot change a run's numbers (where memory comes from; the memory-mapped reference gives bit-identical
+# log-probs, tested), left out so that adding such a setting keeps every finished (arm, seed) valid
+NOT_FINGERPRINTED = (("train", "malloc_mmap_threshold"), ("model", "reference_resident"))
+
+
 def recipe_fingerprint(recipe: Recipe, threads: int | None) -> str:
     """The arm's recipe and the thread count (float reductions, hence the numbers, depend on it)."""
-    return hashlib.sha256(f"{dump_recipe(recipe)}\nthreads={threads}".encode()).hexdigest()[:16]
+    data = recipe.model_dump(mode="json")
+    for section, key in NOT_FINGERPRINTED:
+        data[section].pop(key, None)
+    text = yaml.safe_dump(data, sort_keys=False)  # the layout dump_recipe writes
+    return hashlib.sha256(f"{text}\nthreads={threads}".encode()).hexdigest()[:16]
 
 
 def warmed_up_model(recipe: Recipe, cache_dir: Path, train_fn: Callable, console: Callable[[str], None]) -> Path:
