@@ -9,10 +9,15 @@
   reported beside them (not checked), to tell a loss that did not fit from a fit that did not generalise.
 - ``prefs_online`` (runs): online DPO and INPO (arXiv 2407.00617) with verifier-labelled pairs vs GRPO (arXiv
   2402.03300), same SFT warm-up, task, prompts and samples per step (the shipped ``grpo`` recipe's).
+- ``prefs_offline_dpo_smollm2`` and ``prefs_online_smollm2``: the same two claims on SmolLM2-135M-Instruct (no
+  warm-up: the instruct model is the reference). Offline: the built-in arithmetic pairs, TRL's DPOConfig defaults
+  (lr 1e-6, beta 0.1). Online: the ``smollm2_addition`` task, prompts, samples and optimizer (lr 1e-5) for all three
+  arms. Hyper-parameters were fixed before the first run.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from pathlib import Path
 import torch
@@ -48,8 +53,9 @@ def heldout_pair_stats(policy, reference, engine, examples) -> dict[str, float]:
     }
 
 
-def run_offline(cfg, out_dir: Path, console) -> CustomResult:
-    """Train ``dpo_offline`` per seed, then score the held-out pairs with the final policy and the reference."""
+def run_offline(cfg, out_dir: Path, console, recipe_overrides: tuple[str, ...] = ()) -> CustomResult:
+    """Train ``dpo_offline`` per seed (plus ``recipe_overrides``, before the user's ``--set``), then score the held-out
+    pairs with the final policy and the reference."""
     from entropo import models, registry
     from entropo.config import load_recipe
     from entropo.reproduce.runner import RECIPES_DIR
@@ -60,7 +66,7 @@ def run_offline(cfg, out_dir: Path, console) -> CustomResult:
         run_dir = Path(out_dir) / f"seed{seed}"
         overrides = [f"seed={seed}", f"train.steps={cfg.steps}", "eval.max_prompts=32", "logging.progress=false",
                      "logging.tensorboard=false", "logging.plots=false", "checkpoint.every=0", "checkpoint.keep=1",
-                     *cfg.overrides]
+                     *recipe_overrides, *cfg.overrides]
         recipe = load_recipe(RECIPES_DIR / "dpo_offline.yaml", overrides)
         if not (run_dir / "final").exists():
             if run_dir.exists():
@@ -80,7 +86,7 @@ def run_offline(cfg, out_dir: Path, console) -> CustomResult:
         stats.update({"train_margin": train_stats["margin"], "train_pref_acc_policy": train_stats["pref_acc_policy"],
                       "train_pref_acc_reference": train_stats["pref_acc_reference"]})
         per_seed.append(stats)
-        console(f"  prefs_offline_dpo seed {seed}: " + ", ".join(f"{k} {v:.3f}" for k, v in stats.items()))
+        console(f"  {Path(out_dir).name} seed {seed}: " + ", ".join(f"{k} {v:.3f}" for k, v in stats.items()))
 
     def verdict(ok: list[bool]) -> str:
         return HELD if all(ok) else NOT_HELD if not any(ok) else INCONCLUSIVE
@@ -112,10 +118,24 @@ def run_offline(cfg, out_dir: Path, console) -> CustomResult:
 
 EVAL = ["eval.every=0"]
 
+SMOLLM2 = "smollm2-135m-instruct"
+# offline DPO on SmolLM2: the instruct model is the reference (no SFT warm-up); TRL DPOConfig's defaults lr 1e-6, beta 0.1
+S2_OFFLINE = (f"model.name_or_path={SMOLLM2}", "warmup.steps=0", "optimizer.lr=1.0e-6", "train.micro_batch_size=32")
+# online arms on SmolLM2: smollm2_addition's task, sampling and optimizer for all three (equal samples and lr)
+S2_ONLINE = [f"model.name_or_path={SMOLLM2}", "warmup.steps=0", "task.name=arithmetic",
+             "task.params={digits: 1, chat: true}", "task.eval_size=32", "rollout.prompts_per_step=8", "rollout.n=4",
+             "rollout.temperature=0.7", "rollout.max_new_tokens=16", "optimizer.lr=1.0e-5",
+             "train.micro_batch_size=16", "train.logprob_chunk_size=256", "eval.every=0", "eval.n=4",
+             "eval.k=[1, 4]", "eval.temperature=0.7", "checkpoint.every=5", "checkpoint.keep=1"]
+
 ARMS: dict[str, Arm] = {
     "prefs_dpo_online": Arm("dpo_online", EVAL, "online DPO, verifier pairs (correct > wrong), beta 0.1"),
     "prefs_inpo": Arm("inpo", [*EVAL, "train.snapshot_every=20"], "INPO, eta 0.5, tau 0.4, snapshot every 20 steps"),
     "prefs_grpo_baseline": Arm("grpo", EVAL, "GRPO (shipped grpo recipe: same warm-up, task, 16 prompts x 8)"),
+    "prefs_s2_dpo_online": Arm("dpo_online", S2_ONLINE, "SmolLM2: online DPO, verifier pairs, beta 0.1"),
+    "prefs_s2_inpo": Arm("inpo", [*S2_ONLINE, "train.snapshot_every=10"],
+                         "SmolLM2: INPO, eta 0.5, tau 0.4, snapshot every 10 steps"),
+    "prefs_s2_grpo": Arm("smollm2_addition", S2_ONLINE, "SmolLM2: GRPO (the smollm2_addition recipe)"),
 }
 
 EXPERIMENTS: list[Experiment] = [
@@ -141,5 +161,30 @@ EXPERIMENTS: list[Experiment] = [
         suite="preferences", steps=60,
         note="Same SFT warm-up (150 steps), 16 prompts x 8 samples per step; pairs: up to 2 (correct, wrong) per group. "
              "Groups with all-equal outcomes give no pair (and no GRPO gradient either).",
+    ),
+    Experiment(
+        "prefs_offline_dpo_smollm2", "Offline DPO on SmolLM2-135M raises the held-out chosen-over-rejected margin",
+        "DPO, Direct Preference Optimization, arXiv 2305.18290; DID diagnostics, arXiv 2505.23761",
+        "Training SmolLM2-135M-Instruct on preference pairs with the DPO loss raises its implicit-reward margin of "
+        "chosen over rejected responses and its preference accuracy on held-out pairs (over the instruct model).",
+        [], [], kind="custom", run=functools.partial(run_offline, recipe_overrides=S2_OFFLINE), suite="preferences",
+        steps=OFFLINE_STEPS,
+        note="SmolLM2-135M-Instruct, no warm-up (the reference is the instruct model), lr 1e-6 and beta 0.1 (TRL "
+             "DPOConfig defaults), 32 pairs per step; the held-out pairs as in prefs_offline_dpo.",
+    ),
+    Experiment(
+        "prefs_online_smollm2", "Online DPO and INPO vs GRPO with a verifier, on SmolLM2-135M",
+        "DPO arXiv 2305.18290 (online/iterative); INPO, Iterative Nash Policy Optimization, arXiv 2407.00617",
+        "With a verifier as the preference oracle (correct > wrong), online DPO and INPO trained on SmolLM2's own "
+        "samples reach held-out accuracy not worse than GRPO on the same task, samples per step and optimizer.",
+        ["prefs_s2_dpo_online", "prefs_s2_inpo", "prefs_s2_grpo"],
+        [NotWorse("eval_accuracy", "prefs_s2_dpo_online", "prefs_s2_grpo", tol=0.05),
+         NotWorse("eval_accuracy", "prefs_s2_inpo", "prefs_s2_grpo", tol=0.05)],
+        curves=["accuracy", "actor/pref_margin", "actor/did_entropy", "entropy/mean"],
+        extra_measures=["accuracy_mean"],
+        suite="preferences", steps=12,
+        note="SmolLM2-135M-Instruct on 'What is a + b?' (1-digit, chat), 8 prompts x 4 samples per step at T = 0.7, "
+             "lr 1e-5 for every arm (the smollm2_addition recipe's), 32 held-out problems x 4 samples; pairs: up to "
+             "2 (correct, wrong) per group.",
     ),
 ]
