@@ -30,7 +30,7 @@ ACCEPTED = (
     "train.steps", "train.micro_batch_size", "train.activation_memory_mb", "train.logprob_chunk_size",
     "train.activation_checkpointing", "train.threads", "train.max_nonfinite_steps", "train.malloc_mmap_threshold",
     "logging.*", "checkpoint.*", "eval.every",
-    "rollout.max_batch_size", "optimizer.fused",
+    "rollout.max_batch_size", "optimizer.fused", "model.reference_resident",
     "reward_timeout_s", "reward_isolation", "reward_budget_s", "rewards.*.isolation",
 )
 

@@ -266,10 +266,12 @@ def test_resume_accepts_changes_of_length_logging_and_cadence(base_run):
 
     saved = ckpt.load(ckpt.latest(base_run))["recipe"]
     new = recipe("train.steps=10", "logging.tensorboard=true", "eval.every=5", "checkpoint.every=2",
-                 "train.micro_batch_size=4", "reward_isolation=process")
+                 "train.micro_batch_size=4", "reward_isolation=process", "train.malloc_mmap_threshold=0",
+                 "model.reference_resident=false")
     changes = recipe_diff.check_resume(saved, new, Path("step_000002"), 2)
     assert set(changes) == {"train.steps", "logging.tensorboard", "eval.every", "checkpoint.every",
-                            "train.micro_batch_size", "reward_isolation"}
+                            "train.micro_batch_size", "reward_isolation", "train.malloc_mmap_threshold",
+                            "model.reference_resident"}
 
 
 # ---- 7. errors as one line ------------------------------------------------------------------------------------------
