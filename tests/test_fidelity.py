@@ -435,3 +435,26 @@ def test_run_fingerprint_ignores_memory_settings_only():
     assert recipe_fingerprint(same, 1) == base
     assert recipe_fingerprint(load_recipe(None, ["optimizer.lr=1e-4"]), 1) != base
     assert recipe_fingerprint(load_recipe(None, []), 2) != base  # threads change float reductions
+
+
+def test_a_started_run_with_another_fingerprint_is_started_over_and_said(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from entropo.reproduce import runner
+
+    cfg = runner.SuiteConfig(seeds=1, steps=2, eval_size=4, eval_n=2, overrides=TINY, checkpoint_every=1,
+                             cache_warmup=False)
+    run_dir = tmp_path / "runs" / "grpo" / "seed0"
+    run_dir.mkdir(parents=True)
+    (run_dir / "repro_recipe.started").write_text("started with --threads 2")
+    monkeypatch.setattr(runner.ckpt, "latest", lambda d: Path(d) / "checkpoints" / "step_000001")
+    said, resumed = [], []
+
+    def fake_train(recipe, run_dir, console, resume, **kw):
+        resumed.append(resume)
+        return {"steps": 0}
+
+    assert runner.run_arm("grpo", 0, cfg, tmp_path, said.append, train_fn=fake_train) is None
+    assert resumed == [False] and any("starting it over" in m and "--threads 1" in m for m in said)
+    assert (run_dir / "repro_recipe.started").read_text() == runner.recipe_fingerprint(
+        runner.arm_recipe("grpo", 0, cfg), 1)

@@ -166,6 +166,9 @@ def run_arm(arm_name: str, seed: int, cfg: SuiteConfig, out_dir: Path, console: 
     resume = (cfg.checkpoint_every > 0 and started_file.exists() and started_file.read_text() == fingerprint
               and ckpt.latest(run_dir) is not None)
     if run_dir.exists() and not resume:
+        if started_file.exists() and started_file.read_text() != fingerprint and ckpt.latest(run_dir) is not None:
+            console(f"  {arm_name} seed {seed}: the checkpointed run in {run_dir} was started with another recipe or "
+                    f"thread count (--threads {cfg.threads}, --set ...); starting it over")
         shutil.rmtree(run_dir)
     if cfg.cache_warmup and recipe.warmup.steps > 0:
         cache = out_dir / "warmup" / f"threads{cfg.threads or 'default'}"  # the numbers depend on the thread count
