@@ -28,13 +28,14 @@ M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number
 DEFAULT_THRESHOLD = 256 * 1024  # bytes; glibc's initial value is 128 KiB
 LARGE_THRESHOLD = 8 * 1024 * 1024  # full fine-tuning: only the large activations and LM-head chunks are mapped
 
+ENV = "ENTROPO_MMAP_THRESHOLD"
+
 
 def threshold_for(setting: int | str, lora: bool) -> int:
     """The threshold ``train.malloc_mmap_threshold`` asks for: ``auto`` is 256 KiB with LoRA, 8 MiB otherwise."""
     if setting == "auto":
         return DEFAULT_THRESHOLD if lora else LARGE_THRESHOLD
     return int(setting)
-ENV = "ENTROPO_MMAP_THRESHOLD"
 
 
 def return_freed_memory(threshold: int | None = None) -> int:
