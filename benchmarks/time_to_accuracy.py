@@ -55,6 +55,8 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+from trl_vs_entropo import prepare_model  # noqa: E402  (the same model folder both benchmarks load)
+
 SMOLLM2_DIR = Path.home() / ".cache" / "entropo" / "models" / "smollm2-135m-instruct"
 
 CONFIGS: dict[str, dict[str, Any]] = {
@@ -290,21 +292,6 @@ def worker_main(side: str, spec_path: str) -> None:
 
 
 # ---- the driver -----------------------------------------------------------------------------------------------------
-
-def prepare_model(cfg: dict[str, Any], tmp: Path) -> str:
-    if cfg["model"] == "tiny":
-        from entropo.models import tiny
-
-        path = tmp / "tiny-model"
-        tiny(path=path)
-        return str(path)
-    path = Path(cfg["model"])
-    if not (path / "config.json").exists():
-        from entropo.models import pull
-
-        pull("smollm2-135m-instruct")
-    return str(path)
-
 
 def run_sides(spec: dict[str, Any], spec_path: Path, sides: list[str], timeout_s: float) -> tuple[dict, list]:
     """Start every side's worker at once; sample the load average while they run."""
