@@ -295,6 +295,28 @@ def test_smollm2_profile_arms_validate_and_quick_suite_is_unchanged():
                                             "steer_siren_lpreg", "sample_efficiency", "stability"]
 
 
+def test_smollm2_cpu_profile_keeps_the_arms_and_changes_only_the_task_and_scale():
+    from entropo.reproduce.experiments import PROFILES
+    from entropo.reproduce.runner import SuiteConfig, arm_recipe
+
+    full, cpu = SuiteConfig(**PROFILES["smollm2"].config), SuiteConfig(**PROFILES["smollm2_cpu"].config)
+    assert PROFILES["smollm2_cpu"].suite == "smollm2" and cpu.seeds >= 2 and cpu.eval_n >= 8
+    for arm in ("s2_grpo", "s2_kl_cov_micro", "s2_aepo_low", "s2_epo", "s2_lp_reg"):
+        a, b = arm_recipe(arm, 1, full), arm_recipe(arm, 1, cpu)
+        # the method is untouched ...
+        assert (a.objective, a.producers, a.optimizer, a.train.mini_batches) == (
+            b.objective, b.producers, b.optimizer, b.train.mini_batches)
+        # EPO's phase weight spans the run, so its phase_steps follows the step count; nothing else differs
+        strip = lambda regs: [(r.name, r.coef, {k: v for k, v in r.params.items() if k != "phase_steps"})  # noqa: E731
+                              for r in regs]
+        assert strip(a.regularizers) == strip(b.regularizers)
+        # ... the task asks for the answer directly: two 1-digit terms, 32 held out of 81, short answers
+        assert b.task.params["num_terms"] == 2 and b.task.params["digits"] == 1 and b.task.eval_size == 32
+        assert "Answer with just the number" in b.task.params["template"] and b.rollout.max_new_tokens == 16
+        assert b.rollout.prompts_per_step == 4 and b.rollout.n == 8 and b.train.steps == cpu.steps
+        assert b.checkpoint.every == 5 and b.eval.max_prompts == 32 and b.eval.k == [1, 8]
+
+
 TINY = ["model.name_or_path=tiny", "warmup.steps=5", "rollout.prompts_per_step=2", "rollout.n=4", "task.eval_size=4",
         "eval.n=2", "eval.k=[1, 2]", "rollout.max_new_tokens=3"]
 
