@@ -570,6 +570,9 @@ class Run:
             return self.sample(examples, n, temperature)
         chunks = distributed.split_evenly(examples, self.dist.shards)
         starts = np.cumsum([0] + [len(c) for c in chunks]).tolist()
+        # an engine that keeps statistics of its rollouts (agentic_aepo's budget) hands each shard's sums over with
+        # the shard's rows, so every process ends up with the statistics of the global batch
+        stat_sums = getattr(self.engine, "pop_stat_sums", None)
         local = []
         for shard in self.dist.own_shards():
             if not chunks[shard]:
@@ -580,9 +583,13 @@ class Run:
                 raise ConfigError(f"rollout.engine={self.recipe.rollout.engine}: the engine carries rows over between "
                                   f"steps, which sharded rollouts do not support; set rollout.shards=1 and "
                                   f"train.distributed=none")
+            stats["engine_stat_sums"] = stat_sums() if callable(stat_sums) else {}
             local.append((shard, batch_to_wire(batch), stats))
         parts = sorted((p for rank_parts in self.dist.all_gather_object(local) for p in rank_parts),
                        key=lambda p: p[0])
+        if callable(stat_sums):
+            for _, _, part_stats in parts:
+                self.engine.add_stat_sums(part_stats["engine_stat_sums"])
         self.state.next_group_id += len(examples)
         batch = Batch.concat([batch_from_wire(b, self.task, self.device) for _, b, _ in parts])
         stats: dict[str, Any] = {k: sum(p[2][k] for p in parts) for k in ("tokens", "failures")}

@@ -211,6 +211,26 @@ def test_budget_split_follows_the_pre_monitored_entropies(tiny_world):
     assert engine.last_stats["premonitor_tokens"] == 8
 
 
+def test_budget_statistics_of_two_shards_merge_as_sums(tiny_world):
+    # shard A: 2 questions with H_root 0.43336 and 3 global samples each; shard B: 1 question with H_root
+    # 4 * 3 / ln 101 = 2.60015 and 6 global samples (the numbers of the test above). Merged: counts add, means are
+    # over the 3 questions — what one process sampling both shards logs, and every process of a data-parallel run.
+    a = scripted_engine(*tiny_world, root_entropy=0.5, tool_entropy=3.0, branch_threshold=2.0)
+    b = scripted_engine(*tiny_world, root_entropy=3.0, tool_entropy=0.5, branch_threshold=2.0)
+    _roll(a, ["12*3=", "4*5="], 8)
+    _roll(b, ["12*3="], 8)
+    sums_a, sums_b = a.pop_stat_sums(), b.pop_stat_sums()
+    assert a.pop_stats() == {} and sums_a["monitored_questions"] == 2
+    a.add_stat_sums(sums_a)
+    a.add_stat_sums(sums_b)
+    stats = a.pop_stats()
+    assert stats["trajectories"] == 24 and stats["branches"] == 0  # never branches: the rest are new samples
+    assert stats["premonitor_tokens"] == 3 * 8  # 2 actions x 4 tokens per question
+    assert stats["h_root"] == pytest.approx((2 * 0.43336 + 2.60015) / 3, abs=1e-5)
+    assert stats["global_samples_per_question"] == pytest.approx(4.0)
+    assert "monitored_questions" not in stats and not any(k.endswith("_sum") for k in stats)
+
+
 def test_static_split_uses_initial_rollouts(tiny_world):
     engine = scripted_engine(*tiny_world, 0.5, 3.0, dynamic=False, initial_rollouts=5, branch_threshold=2.0)
     out = _roll(engine, ["12*3="], 8)
@@ -347,13 +367,14 @@ def test_few_step_training_run(tmp_path, tiny_recipe_overrides):
         "environment={name: 'test_agentic_aepo:ToolThenAnswer'}", "task.params={digits: 1, chat: false}",
         "train.steps=2", "warmup.steps=0", "checkpoint.every=0", "eval.max_prompts=2", "logging.tensorboard=false",
         "rollout.engine=agentic_aepo", "rollout.engine_params={branch_threshold: 0.0}", "objective={name: agentic_aepo}",
-        "producers=[{name: agentic_aepo_stats}]", "train.mini_batches=2", "eval.every=0"]
+        "producers=[{name: agentic_aepo_stats}]", "train.mini_batches=2", "eval.every=0",
+        "rollout.shards=2"]  # each shard's statistics are carried with its rows and added once
     recipe = load_recipe(RECIPE, ov)
     summary = train(recipe, run_dir=tmp_path / "run", console=lambda *_: None)
     rows = [r for r in read_metrics(tmp_path / "run") if "producer/agentic_aepo_stats/trajectories" in r]
     assert len(rows) == 2
     for r in rows:
-        assert r["producer/agentic_aepo_stats/trajectories"] == 4 * 4  # prompts_per_step x n, as plain GRPO
+        assert r["producer/agentic_aepo_stats/trajectories"] == 4 * 4  # prompts_per_step x n, both shards, once
         assert r["producer/agentic_aepo_stats/branches"] > 0  # every tool call may branch at threshold 0
         assert math.isfinite(r["actor/loss"]) and "actor/sg_clip_frac" in r and "actor/adv_scale_mean" in r
         assert r["episode/tool_calls_mean"] == 1.0

@@ -44,6 +44,8 @@ producer that logs them): ``trajectories`` (= k per question), ``trained_tokens`
 rows: what plain sampling of the same rows would generate), ``copied_tokens`` (policy tokens branches inherited),
 ``sampled_tokens`` (tokens actually sampled: trained − copied + pre-monitor), ``premonitor_tokens``,
 ``global_samples`` / ``branches`` (rows of each kind), ``h_root`` / ``h_tool`` (means over questions).
+The pending statistics are kept as sums (``pop_stat_sums`` / ``add_stat_sums``), so the trainer can carry each
+rollout shard's sums with its rows and every process logs them over the global batch of a data-parallel run.
 Evaluation (``generate``) is plain independent sampling, as for ``hf``.
 """
 
@@ -237,9 +239,24 @@ class AgenticAEPOEngine(HFEngine):
         self._pending: dict[str, float] = {}
 
     def pop_stats(self) -> dict[str, float]:
-        """Budget statistics summed over the rollouts since the last call (the ``agentic_aepo_stats`` producer)."""
+        """Budget statistics over the rollouts since the last call (the ``agentic_aepo_stats`` producer): counts
+        summed, ``h_root`` / ``h_tool`` / ``global_samples_per_question`` averaged over the pre-monitored questions."""
+        sums = self.pop_stat_sums()
+        monitored = sums.pop("monitored_questions", 0.0)
+        out = {k: v for k, v in sums.items() if not k.endswith("_sum")}
+        if monitored:
+            for k in ("h_root", "h_tool", "global_samples_per_question"):
+                out[k] = sums[f"{k}_sum"] / monitored
+        return out
+
+    def pop_stat_sums(self) -> dict[str, float]:
+        """The pending statistics as sums (means kept as ``<key>_sum`` with ``monitored_questions``), cleared."""
         out, self._pending = self._pending, {}
         return out
+
+    def add_stat_sums(self, sums: dict[str, float]) -> None:
+        """Add another rollout's (e.g. another process's shard's) ``pop_stat_sums`` to the pending statistics."""
+        self._pending = {k: self._pending.get(k, 0.0) + sums.get(k, 0.0) for k in {*self._pending, *sums}}
 
     @torch.no_grad()
     def rollout(self, examples: Sequence[Any], n: int, *, temperature: float = 1.0, top_p: float = 1.0,
@@ -326,12 +343,13 @@ class AgenticAEPOEngine(HFEngine):
             "premonitor_tokens": float(premonitor_tokens),
             "sampled_tokens": float(trained - sum(copied) + premonitor_tokens),
         }
-        self._pending = {k: self._pending.get(k, 0.0) + v for k, v in stats.items()}
+        sums = dict(stats)
         if self.dynamic:
             stats["h_root"] = sum(h_root) / len(h_root)
             stats["h_tool"] = sum(h_tool) / len(h_tool)
             stats["global_samples_per_question"] = sum(globals_per_question) / len(globals_per_question)
-            for k in ("h_root", "h_tool", "global_samples_per_question"):
-                self._pending[k] = stats[k]
+            sums.update(monitored_questions=float(len(h_root)), h_root_sum=float(sum(h_root)),
+                        h_tool_sum=float(sum(h_tool)), global_samples_per_question_sum=float(sum(globals_per_question)))
+        self.add_stat_sums(sums)
         self.last_stats = stats
         return out
