@@ -12,7 +12,7 @@
 - ``mcts_dpo_none``: no training (the warmed-up model; iteration 0 of the other arms).
 
 Measured: held-out greedy accuracy (64 problems) after each iteration, 2 seeds. ``mcts_dpo_smollm2`` runs the same
-arms with SmolLM2-135M-Instruct after the ``search_smollm2`` warm-up (2-digit a+b+c chains; ``SMOLLM2``).
+arms with SmolLM2-135M-Instruct after the ``search_smollm2`` warm-up (2-digit a+b+c+d chains; ``SMOLLM2``).
 Paper: "Monte Carlo Tree Search Boosts Reasoning via Iterative Preference Learning" (arXiv 2405.00451).
 """
 
@@ -40,12 +40,12 @@ TINY = {"recipe": "search_tiny", "task_params": {"digits": 1, "num_terms": 4}, "
 # SmolLM2-135M-Instruct after the `search_smollm2` warm-up (shared with the search_smollm2 experiment's recipe): the
 # tiny setting with the real model's step sampler and learning rate (the repo's SmolLM2 setting, at which online DPO
 # held on SmolLM2), fixed before the run.
-SMOLLM2 = {"recipe": "search_smollm2", "task_params": {"digits": 2, "num_terms": 3},
-           "setting": {**SETTING, "lr": 1e-5, "mcts_params": {"n_iters": 4, "n_actions": 2, "depth_limit": 2},
-                       "sampler_params": {"temperature": 1.0, "max_step_tokens": 16, "max_steps": 4,
-                                          "max_tokens": 32}},
+SMOLLM2 = {"recipe": "search_smollm2", "task_params": {"digits": 2, "num_terms": 4},
+           "setting": {**SETTING, "lr": 1e-5,
+                       "sampler_params": {"temperature": 1.0, "max_step_tokens": 16, "max_steps": 5,
+                                          "max_tokens": 48}},
            "model": "SmolLM2-135M-Instruct after the `search_smollm2` SFT warm-up (40 steps, cached per seed), "
-                    "2-digit a+b+c chains"}
+                    "2-digit a+b+c+d chains"}
 
 
 def run_arm(seed: int, level: str, out_dir: Path, console, scale: dict = TINY) -> dict[str, Any]:
@@ -158,7 +158,7 @@ EXPERIMENTS: list[Experiment] = [
         "The claim of mcts_dpo_iterative on a real model: iterated MCTS → step-level pairs → DPO raises held-out "
         "greedy accuracy over the starting point, and more than instance-level DPO on as many whole-response pairs.",
         [], [], kind="custom", suite="preferences", run=partial(run, scale=SMOLLM2), steps=SETTING["iterations"],
-        note="SmolLM2-135M-Instruct after the search_smollm2 warm-up; 2-digit a+b+c chains (two steps, so MCTS "
-             "depth 2); DPO lr 1e-5 (the repo's SmolLM2 setting), otherwise the tiny experiment's setting.",
+        note="SmolLM2-135M-Instruct after the search_smollm2 warm-up; 2-digit a+b+c+d chains (three steps, as the "
+             "tiny setting); DPO lr 1e-5 (the repo's SmolLM2 setting), otherwise the tiny experiment's setting.",
     ),
 ]

@@ -10,7 +10,7 @@ measured by held-out greedy accuracy; and the MCTS-DPO step pairs its searches p
 ``OUT/custom/search_vs_tokens/seed<k>/mcts_pairs.jsonl`` for an offline DPO recipe.
 
 ``search_smollm2``: the same measurements with SmolLM2-135M-Instruct after a short SFT warm-up on the step format
-(recipe ``search_smollm2``, 2-digit a+b+c chains), at a smaller number of problems (``SMOLLM2``).
+(recipe ``search_smollm2``, 2-digit a+b+c+d chains), at a smaller number of problems (``SMOLLM2``).
 
 Papers: "Scaling of Search and Learning: A Roadmap to Reproduce o1 from Reinforcement Learning Perspective"
 (arXiv 2412.14135); "Monte Carlo Tree Search Boosts Reasoning via Iterative Preference Learning" (arXiv 2405.00451).
@@ -62,17 +62,17 @@ TINY = Scale("search_tiny", {"digits": 1, "num_terms": 4}, SAMPLER, EXPERTS,
              faithfulness_note=" The tiny model mostly gets the last number right with wrong intermediate lines, so "
                                "outcome-verified samples teach wrong steps and outcome-valued MCTS can prefer a wrong "
                                "step that leads to a right answer.")
-# SmolLM2-135M-Instruct after 40 SFT steps on the format (recipe `search_smollm2`): 2-digit a+b+c, two lines per
-# chain. Knobs fixed before the run: lines are ~8 tokens; one expert setting (2 passes over the kept answers, the
-# tiny run's lesson) at the warm-up's order of learning rate; fewer problems, as every token costs ~1000x the tiny
-# model's.
-S2_SAMPLER = {"temperature": 1.0, "max_step_tokens": 16, "max_steps": 4, "max_tokens": 32}
-SMOLLM2 = Scale("search_smollm2", {"digits": 2, "num_terms": 3}, S2_SAMPLER,
+# SmolLM2-135M-Instruct after 40 SFT steps on the format (recipe `search_smollm2`): 2-digit a+b+c+d, three lines per
+# chain (lines are ~9 tokens). A first run on 2-digit a+b+c (two lines) could not tell the budgets apart: with 2
+# proposals per step, a two-step tree holds at most 4 chains, so beam and MCTS spent ~62 tokens per problem at budgets
+# 1, 2 and 4 alike; three steps, as the tiny setting, leave room for the budgets to differ. One expert setting (2
+# passes over the kept answers, the tiny run's lesson) at the warm-up's order of learning rate; fewer problems, as
+# every token costs ~1000x the tiny model's.
+S2_SAMPLER = {"temperature": 1.0, "max_step_tokens": 16, "max_steps": 5, "max_tokens": 48}
+SMOLLM2 = Scale("search_smollm2", {"digits": 2, "num_terms": 4}, S2_SAMPLER,
                 {"epochs2": {**EXPERT, "prompts_per_iter": 32, "sft_lr": 2e-5, "sft_epochs": 2}},
                 "SmolLM2-135M-Instruct after the `search_smollm2` SFT warm-up (40 steps of 8, lr 5e-5, cached per "
-                "seed); {n} held-out 2-digit a+b+c chains per seed", n_eval=16, greedy_eval=64, pair_prompts=8)
-SUITE_OVERRIDES = ["logging.progress=false", "logging.tensorboard=false", "logging.plots=false", "checkpoint.every=0",
-                   "checkpoint.keep=1", "eval.max_prompts=16"]
+                "seed); {n} held-out 2-digit a+b+c+d chains per seed", n_eval=16, greedy_eval=64, pair_prompts=8)
 
 
 def _check_dict(result) -> dict[str, Any]:
@@ -290,7 +290,7 @@ EXPERIMENTS: list[Experiment] = [
         "iteration raises the policy's own greedy accuracy.",
         [], [], kind="custom", suite="preferences", run=partial(run, scale=SMOLLM2),
         note="SmolLM2-135M-Instruct after 40 SFT steps on the one-line-per-step format (recipe search_smollm2), "
-             "2-digit a+b+c chains; 16 held-out problems per seed for the search, 64 for greedy accuracy; expert "
+             "2-digit a+b+c+d chains; 16 held-out problems per seed for the search, 64 for greedy accuracy; expert "
              "iteration: best-of-4 on 32 fresh prompts, 2 passes over the kept answers at lr 2e-5. The verifier "
              "reads the gold answer (oracle setting, as search_vs_tokens); the log-prob rows read no answer.",
     ),
