@@ -404,6 +404,7 @@ def test_with_checkpoints_a_cut_off_run_resumes_where_it_stopped_and_equals_a_st
     while run_suite(tmp_path / "cut", cfg, only=["resume_toy"], console=lambda *_: None).get("incomplete"):
         pass
     assert calls[:2] == ["grpo", "grpo"] and calls.count("grpo") == 2  # resumed once, never started over
+    assert not (cut_dir / "checkpoints").exists() and (cut_dir / "final").is_dir()  # finished: only what reuse needs
     straight = SuiteConfig(seeds=1, steps=2, eval_size=4, eval_n=2, overrides=TINY, checkpoint_every=1)
     run_suite(tmp_path / "straight", straight, only=["resume_toy"], console=lambda *_: None)
     for arm in ("grpo", "clip_cov"):

@@ -184,6 +184,9 @@ def run_arm(arm_name: str, seed: int, cfg: SuiteConfig, out_dir: Path, console: 
                 f"{time.perf_counter() - t0:.1f} s (stopped at a checkpoint: the next call resumes it)")
         return None
     key_file.write_text(fingerprint)
+    # a finished (arm, seed) is reused, never resumed: its checkpoints (weights and optimizer state, ~1.6 GB for
+    # SmolLM2-135M) only served a resume; a 26-run profile kept them all and filled the disk
+    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
     console(f"  {arm_name} seed {seed}: {verb} {cfg.steps} steps in {time.perf_counter() - t0:.1f} s")
     return run_dir
 
