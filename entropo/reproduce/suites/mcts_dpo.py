@@ -18,6 +18,7 @@ Paper: "Monte Carlo Tree Search Boosts Reasoning via Iterative Preference Learni
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -35,29 +36,40 @@ SETTING = {"iterations": 3, "prompts_per_iter": 16, "reference": "sft",
            "sampler_params": {"temperature": 1.0, "max_step_tokens": 16, "max_steps": 6, "max_tokens": 40},
            "dpo_epochs": 4.0, "pairs_per_step": 16, "lr": 1e-3, "beta": 0.1}
 N_EVAL = 64
-TINY = {"recipe": "search_tiny", "task_params": {"digits": 1, "num_terms": 4}, "setting": SETTING,
-        "model": "tiny model after the `search_tiny` SFT warm-up (cached per seed)"}
+
+
+@dataclass(frozen=True)
+class Scale:
+    """One model's setting of the experiment: warm-up recipe, chains, the loop's knobs, and the report's wording."""
+
+    recipe: str  # recipe whose model is warmed up (cached per seed, shared with the search experiment)
+    task_params: dict  # arith_chain parameters (held-out split of 128)
+    setting: dict  # keyword arguments of ``mcts_dpo``
+    model: str  # the report's description of the starting model
+
+
+TINY = Scale("search_tiny", {"digits": 1, "num_terms": 4}, SETTING,
+             "tiny model after the `search_tiny` SFT warm-up (cached per seed)")
 # SmolLM2-135M-Instruct after the `search_smollm2` warm-up (shared with the search_smollm2 experiment's recipe): the
 # tiny setting with the real model's step sampler and learning rate (the repo's SmolLM2 setting, at which online DPO
 # held on SmolLM2), fixed before the run.
-SMOLLM2 = {"recipe": "search_smollm2", "task_params": {"digits": 2, "num_terms": 4},
-           "setting": {**SETTING, "lr": 1e-5,
-                       "sampler_params": {"temperature": 1.0, "max_step_tokens": 16, "max_steps": 5,
-                                          "max_tokens": 48}},
-           "model": "SmolLM2-135M-Instruct after the `search_smollm2` SFT warm-up (40 steps, cached per seed), "
-                    "2-digit a+b+c+d chains"}
+SMOLLM2 = Scale("search_smollm2", {"digits": 2, "num_terms": 4},
+                {**SETTING, "lr": 1e-5,
+                 "sampler_params": {"temperature": 1.0, "max_step_tokens": 16, "max_steps": 5, "max_tokens": 48}},
+                "SmolLM2-135M-Instruct after the `search_smollm2` SFT warm-up (40 steps, cached per seed), 2-digit "
+                "a+b+c+d chains")
 
 
-def run_arm(seed: int, level: str, out_dir: Path, console, scale: dict = TINY) -> dict[str, Any]:
+def run_arm(seed: int, level: str, out_dir: Path, console, scale: Scale = TINY) -> dict[str, Any]:
     from entropo import registry
     from entropo.reproduce.suites.search import _cached, _engine, _warm_model
     from entropo.search.mcts_dpo import mcts_dpo
 
     d = out_dir / f"seed{seed}"
     d.mkdir(parents=True, exist_ok=True)
-    path = _warm_model(seed, out_dir, console, scale["recipe"])
-    task = registry.get("task", "arith_chain")(seed=seed, eval_size=128, **scale["task_params"])
-    setting = scale["setting"]
+    path = _warm_model(seed, out_dir, console, scale.recipe)
+    task = registry.get("task", "arith_chain")(seed=seed, eval_size=128, **scale.task_params)
+    setting = scale.setting
 
     def compute() -> dict:
         engine = _engine(path)  # a fresh copy of the warmed-up model for each arm
@@ -100,13 +112,13 @@ def _mean_sd(values) -> str:
     return f"{v.mean():.3f} ± {v.std(ddof=1) if len(v) > 1 else 0.0:.3f}"
 
 
-def run(cfg, out_dir: Path, console, scale: dict = TINY) -> CustomResult:
+def run(cfg, out_dir: Path, console, scale: Scale = TINY) -> CustomResult:
     from entropo.reproduce.suites.search import _check_dict
 
     out_dir = Path(out_dir)
     seeds = list(range(cfg.seeds))
     hist = {level: [run_arm(s, level, out_dir, console, scale) for s in seeds] for level in LEVELS}
-    setting = scale["setting"]
+    setting = scale.setting
     v: dict[str, list[float]] = {"mcts_dpo_none": [h[0]["eval_greedy"] for h in hist["step"]]}
     for level in LEVELS:
         v[f"mcts_dpo_{level}"] = [h[-1]["eval_greedy"] for h in hist[level]]
@@ -116,7 +128,7 @@ def run(cfg, out_dir: Path, console, scale: dict = TINY) -> CustomResult:
         Compare("held-out greedy accuracy after the last iteration", "mcts_dpo_step",
                 "mcts_dpo_instance").evaluate(v))]
     verdict = combine([c["verdict"] for c in checks])
-    lines = [f"**Setup:** {scale['model']}; per iteration MCTS "
+    lines = [f"**Setup:** {scale.model}; per iteration MCTS "
              f"({setting['mcts_params']['n_iters']} iterations per move, 4x at the root, 2 actions, verifier value) "
              f"on {setting['prompts_per_iter']} fresh training prompts, then DPO (β {setting['beta']}, lr "
              f"{setting['lr']}, {setting['dpo_epochs']:g} passes over the iteration's pairs, frozen SFT reference); "
