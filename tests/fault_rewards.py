@@ -6,7 +6,6 @@ A module of its own with light imports: process-isolated rewards are imported by
 import hashlib
 import time
 
-import torch
 
 from entropo.registry import register
 

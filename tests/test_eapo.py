@@ -98,7 +98,7 @@ def _oracle_sampler(tok, log):
             memo = re.findall(r"memo:(\d*)", text)
             gots = re.findall(r"got:(\d) left:(\d)", text)
             if memo:  # rebuilt workspace: memo + this round's digit
-                total, (digit, left) = memo[-1] + gots[-1][0], gots[-1]
+                total, left = memo[-1] + gots[-1][0], gots[-1][1]
             else:  # append-all history: every digit so far is in the context
                 total, left = "".join(g for g, _ in gots), gots[-1][1]
             action = f"m={total} " + (f"ans={total}" if left == "0" else "next")

@@ -1,7 +1,6 @@
 """OTC tool-efficiency reward (arXiv 2504.14870): spec toy values for OTC-PPO and OTC-GRPO, and where m / n come from."""
 
 import math
-from dataclasses import dataclass
 
 import pytest
 

@@ -26,7 +26,6 @@ entropy-regularized policy optimization on reward estimates, the outer objective
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path

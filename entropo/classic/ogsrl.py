@@ -335,7 +335,7 @@ def model_rollout(policy: GaussianPolicy, model: DynamicsEnsemble, guardian: Chr
     for _ in range(horizon):
         with torch.no_grad():
             d = policy.dist(obs)
-            raw = d.sample()  # noqa: the global torch RNG is seeded and checkpointed
+            raw = d.sample()  # the global torch RNG is seeded and checkpointed
             a = raw.clamp(0.0, MAX_DOSE)
             sa = torch.cat([obs, a], 1)
             pred = model(sa)  # [K, N, 2]

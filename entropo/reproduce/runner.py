@@ -35,7 +35,7 @@ import torch
 import yaml
 
 from entropo import checkpoint as ckpt
-from entropo.config import Recipe, dump_recipe, load_recipe
+from entropo.config import Recipe, load_recipe
 from entropo.logging import read_metrics
 from entropo.reproduce.aggregate import Rows, final_row
 from entropo.reproduce.experiments import ARMS, CustomResult, Experiment, select

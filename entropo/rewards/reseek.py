@@ -65,7 +65,6 @@ and a step's judge accuracy is their ratio (mean agree / mean count).
 from __future__ import annotations
 
 import functools
-import re
 from typing import Any, Callable
 
 from entropo.envs.search import ANSWER_RE, INFO_RE, JUDGE_RE, alias_in, exact_match

@@ -49,7 +49,7 @@ import torch
 from entropo import ops
 from entropo.batch import Batch
 from entropo.registry import register
-from entropo.search.mcts import Node, StepPair, pair_records, tree_pairs, write_pairs_jsonl
+from entropo.search.mcts import Node, StepPair, pair_records, write_pairs_jsonl
 from entropo.tasks.base import stable_seed
 
 LEVELS = ("step", "instance", "none")

@@ -63,7 +63,6 @@ def decode_comparison(engine, examples, environment, limits, seed: int, branches
 def run(cfg, out_dir: Path, console) -> CustomResult:
     from entropo.api import load_recipe
     from entropo.models import load as load_model
-    from entropo.registry import get
     from entropo.rollout.hf import HFEngine
     from entropo.trainer import episode_limits, make_environment, make_task, train
 

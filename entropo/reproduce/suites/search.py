@@ -38,6 +38,9 @@ EXPERT = {"iterations": 2, "prompts_per_iter": 64, "strategy": "best_of_n", "bud
 # a second one added after seeing that: 2 passes over the kept answers per iteration
 EXPERTS = {"steps60": {**EXPERT, "sft_steps": 60}, "epochs2": {**EXPERT, "sft_epochs": 2}}
 PAIR_PROMPTS = 16  # training prompts searched by MCTS for the pair file
+# the warm-up run's own logging, checkpoints and evaluation are not what these experiments measure
+SUITE_OVERRIDES = ["logging.progress=false", "logging.tensorboard=false", "logging.plots=false", "checkpoint.every=0",
+                   "checkpoint.keep=1", "eval.max_prompts=16"]
 
 
 @dataclass(frozen=True)
