@@ -76,35 +76,34 @@ ARMS["igpo_s2"] = Arm("igpo", S2, "SmolLM2, exact entity keys, 3 hops: IGPO (log
 ARMS["igpo_s2_grpo_baseline"] = Arm("igpo", [*S2, "advantage={name: grpo}"],
                                     "SmolLM2, exact entity keys, 3 hops: outcome-only GRPO")
 
+PAPER = "Information Gain-based Policy Optimization (IGPO), arXiv 2510.14967"
+CLAIM = ("Turn-level information-gain rewards leave fewer groups without a learning signal than outcome-only GRPO "
+         "(fewer zero-advantage groups) and reach a target train accuracy in fewer steps.")
+
+
+def _experiment(name: str, title: str, arm: str, baseline: str, steps_measure: str, steps: int, curve: str,
+                note: str) -> Experiment:
+    """IGPO's claim as checks of ``arm`` against its outcome-only ``baseline`` (the same for every scale)."""
+    return Experiment(
+        name, title, PAPER, CLAIM, [arm, baseline],
+        [Compare("igpo_zero_adv_groups", arm, baseline, higher=False, margin=0.05),
+         Compare(steps_measure, arm, baseline, higher=False),
+         NotWorse("eval_accuracy", arm, baseline, tol=0.05)],
+        curves=["accuracy", "advantage/ig_mean", "selection/zero_variance_group_frac", curve],
+        suite="agents", steps=steps, note=note)
+
+
 EXPERIMENTS: list[Experiment] = [
-    Experiment(
-        "igpo", "IGPO vs outcome-only GRPO on multi-hop lookups",
-        "Information Gain-based Policy Optimization (IGPO), arXiv 2510.14967",
-        "Turn-level information-gain rewards leave fewer groups without a learning signal than outcome-only GRPO "
-        "(fewer zero-advantage groups) and reach a target train accuracy in fewer steps.",
-        ["igpo", "igpo_grpo_baseline"],
-        [Compare("igpo_zero_adv_groups", "igpo", "igpo_grpo_baseline", higher=False, margin=0.05),
-         Compare("igpo_steps_to_target", "igpo", "igpo_grpo_baseline", higher=False),
-         NotWorse("eval_accuracy", "igpo", "igpo_grpo_baseline", tol=0.05)],
-        curves=["accuracy", "advantage/ig_mean", "selection/zero_variance_group_frac", "entropy/mean"],
-        suite="agents",
-        steps=30,
+    _experiment(
+        "igpo", "IGPO vs outcome-only GRPO on multi-hop lookups", "igpo", "igpo_grpo_baseline",
+        "igpo_steps_to_target", 30, "entropy/mean",
         note=f"Steps to target: first step whose trailing {SMOOTH}-step mean train accuracy reaches "
              f"{TARGET_ACCURACY}; a run that never does counts as steps + 1. Held-out accuracy uses entities never "
              f"seen in training (one sample per prompt, 32 prompts).",
     ),
-    Experiment(
-        "igpo_smollm2", "IGPO vs outcome-only GRPO on SmolLM2-135M (3-hop lookups by entity name)",
-        "Information Gain-based Policy Optimization (IGPO), arXiv 2510.14967",
-        "Turn-level information-gain rewards leave fewer groups without a learning signal than outcome-only GRPO "
-        "and reach a target train accuracy in fewer steps.",
-        ["igpo_s2", "igpo_s2_grpo_baseline"],
-        [Compare("igpo_zero_adv_groups", "igpo_s2", "igpo_s2_grpo_baseline", higher=False, margin=0.05),
-         Compare("igpo_steps_to_target_s2", "igpo_s2", "igpo_s2_grpo_baseline", higher=False),
-         NotWorse("eval_accuracy", "igpo_s2", "igpo_s2_grpo_baseline", tol=0.05)],
-        curves=["accuracy", "advantage/ig_mean", "selection/zero_variance_group_frac", "episode/turns_mean"],
-        suite="agents",
-        steps=12,
+    _experiment(
+        "igpo_smollm2", "IGPO vs outcome-only GRPO on SmolLM2-135M (3-hop lookups by entity name)", "igpo_s2",
+        "igpo_s2_grpo_baseline", "igpo_steps_to_target_s2", 12, "episode/turns_mean",
         note=f"SmolLM2-135M-Instruct, exact-key searches by entity name (the paper's shape: names are copied into "
              f"the queries), 3-hop questions, 10 SFT steps, 12 GRPO steps of 4 questions x 8 episodes at lr 1e-5. "
              f"Steps to target: first step whose trailing {S2_SMOOTH}-step mean train accuracy reaches {S2_TARGET}. "
