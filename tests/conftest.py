@@ -1,4 +1,7 @@
+import gzip
 import os
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -26,6 +29,20 @@ TINY_OVERRIDES = [
     "checkpoint.every=1",
     "checkpoint.keep=10",
 ]
+
+
+@pytest.fixture(scope="session")
+def smollm2_tokenizer(tmp_path_factory):
+    """SmolLM2-135M-Instruct's real tokenizer and chat template (shipped in tests/data), for multi-turn id checks."""
+    from transformers import AutoTokenizer
+
+    data = Path(__file__).parent / "data" / "smollm2_tokenizer"
+    folder = tmp_path_factory.mktemp("smollm2_tok")
+    with gzip.open(data / "tokenizer.json.gz", "rb") as src, open(folder / "tokenizer.json", "wb") as dst:
+        shutil.copyfileobj(src, dst)
+    for name in ("tokenizer_config.json", "chat_template.jinja"):
+        shutil.copy(data / name, folder / name)
+    return AutoTokenizer.from_pretrained(str(folder))
 
 
 @pytest.fixture

@@ -185,6 +185,23 @@ def test_append_all_keeps_one_row_and_masks_observations_and_hits_the_window(tok
     assert eps[0].info.env_correct and out.input_ids.shape[0] == 8  # the window bounds each round, not the episode
 
 
+def test_smollm2_window_ceiling(smollm2_tokenizer):
+    """The SmolLM2 experiments' 96-token window (eapo_*_smollm2), with SmolLM2's real chat template: a perfect policy
+    solves every problem in the rebuilt workspace, and with append-all exactly those of at most 4 digits."""
+    tok = smollm2_tokenizer
+    chat = ChatFormat(tok, "auto", [tok.eos_token_id])
+    examples = notebook_task(0, 24, min_count=3, max_count=8).eval_examples()
+    solved = {}
+    for context in ("rebuild", "append"):
+        envs = [Notebook(context=context) for _ in examples]
+        eps = run_episodes(envs, examples, list(range(len(examples))), chat, _oracle_sampler(tok, []),
+                           EpisodeLimits(max_new_tokens=24, max_episode_tokens=96))
+        solved[context] = [bool(e.info.env_correct) for e in eps]
+    counts = [len(e.meta["digits"]) for e in examples]
+    assert solved["rebuild"] == [True] * len(examples)
+    assert solved["append"] == [c <= 4 for c in counts] and 0 < sum(solved["append"]) < len(examples)
+
+
 class _Mixed(Environment):
     """Appends a reply after action 1, rebuilds the context after action 2, ends after action 3."""
 

@@ -4,8 +4,6 @@ Exactness runs with the tiny character tokenizer and with SmolLM2's real BPE tok
 in tests/data/smollm2_tokenizer, so no download is needed) on a small random Llama of its vocabulary.
 """
 
-import gzip
-import shutil
 import textwrap
 from pathlib import Path
 
@@ -25,7 +23,6 @@ from entropo.rollout.episodes import EpisodeLimits
 from entropo.trainer import build_batch, score_tokens, train
 from entropo.types import Example
 
-DATA = Path(__file__).parent / "data" / "smollm2_tokenizer"
 
 
 class Scripted(Environment):
@@ -48,18 +45,6 @@ class Scripted(Environment):
         self.turn += 1
         return StepResult(observation=f"{self.reply} #{self.turn}", reward=reward, done=self.turn >= self.done_after,
                           tool_call=True)
-
-
-@pytest.fixture(scope="module")
-def smollm2_tokenizer(tmp_path_factory):
-    from transformers import AutoTokenizer
-
-    folder = tmp_path_factory.mktemp("smollm2_tok")
-    with gzip.open(DATA / "tokenizer.json.gz", "rb") as src, open(folder / "tokenizer.json", "wb") as dst:
-        shutil.copyfileobj(src, dst)
-    for name in ("tokenizer_config.json", "chat_template.jinja"):
-        shutil.copy(DATA / name, folder / name)
-    return AutoTokenizer.from_pretrained(str(folder))
 
 
 def _random_llama(vocab_size, eos_id, pad_id, seed=0):
