@@ -20,7 +20,7 @@ from entropo.reproduce.experiments import MEASURES, Arm, Compare, Experiment, No
 
 PAPER = "IterResearch: Rethinking Long-Horizon Agents via Markovian State Reconstruction (EAPO), arXiv 2511.07327"
 STEPS = 8
-S2_STEPS = 8
+S2_STEPS = 6
 # a cheaper evaluation than the suite's (the machine is shared): 32 held-out prompts x 2 samples, start and end only
 EVAL = ["eval.every=0", "eval.n=2", "eval.k=[1]", "eval.max_prompts=32"]
 
@@ -39,9 +39,11 @@ ARMS: dict[str, Arm] = {
 # each step: a batch of 8 questions is about 80 rows, too slow here) and a 96-token window, which SmolLM2's chat
 # template (a 30-token system prompt) makes the analogue of the tiny model's 64: a scripted perfect policy solves
 # 100 % of held-out problems with the rebuilt workspace and 30 % with append-all in it (64 problems, 3-8 digits).
+# A one-seed probe of the rebuilt arm (3 steps, lr 2e-5): held-out accuracy 0.41 after the warm-up, 1.00 after RL,
+# rounds per episode 9.0 -> 6.6; hence 6 steps.
 S2 = [*EVAL, "model.name_or_path=smollm2-135m-instruct", "warmup.steps=30", "warmup.batch_size=2",
       "warmup.lr=1.0e-4", "rollout.max_episode_tokens=96", "rollout.prompts_per_step=4", "optimizer.lr=2.0e-5",
-      "train.micro_batch_size=16", "checkpoint.every=4", "checkpoint.keep=1"]
+      "train.micro_batch_size=16", "checkpoint.every=2", "checkpoint.keep=1"]
 ARMS["eapo_s2_rebuild"] = Arm("eapo", S2, "SmolLM2: rebuilt workspace, one row per round, gamma 0.9")
 ARMS["eapo_s2_append"] = Arm("eapo", [*S2, "environment.params.context=append"],
                              "SmolLM2: append-all history, same 96-token window")
