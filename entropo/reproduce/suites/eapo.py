@@ -12,6 +12,10 @@ the memo's length but not its digits (0% held-out, greedy), so every reward is 0
 stay at 0% (rebuild and gamma = 1 give identical runs). A scripted oracle policy scores 100% with the rebuilt
 workspace and 17.2% with append-all under the same 64-token window (only the 3-digit problems fit): the ceiling the
 comparison is about, not a trained result.
+
+``eapo_workspace_smollm2`` / ``eapo_gamma_smollm2``: the same arms on SmolLM2-135M-Instruct (``S2``), which does learn
+the memo. Measured (1 seed, 6 steps, 2026-11-29): held-out accuracy 0.828 rebuilt vs 0.094 append-all; gamma 0.9 vs 1:
+6.64 vs 6.77 rounds per episode at 0.828 vs 0.953 accuracy.
 """
 
 from __future__ import annotations
