@@ -24,7 +24,6 @@ from entropo.trainer import build_batch, score_tokens, train
 from entropo.types import Example
 
 
-
 class Scripted(Environment):
     """Three turns; turn k is answered with a fixed reply and earns rewards[k]."""
 
