@@ -481,3 +481,33 @@ def test_a_started_run_with_another_fingerprint_is_started_over_and_said(tmp_pat
     assert resumed == [False] and any("starting it over" in m and "--threads 1" in m for m in said)
     assert (run_dir / "repro_recipe.started").read_text() == runner.recipe_fingerprint(
         runner.arm_recipe("grpo", 0, cfg), 1)
+
+
+def test_an_arm_that_checkpoints_resumes_even_when_the_suite_does_not(tmp_path, monkeypatch):
+    """cfg.checkpoint_every = 0 but the arm's overrides set checkpoint.every: a started run with the same fingerprint
+    and a checkpoint is resumed, not deleted; without the arm's checkpoints it starts over."""
+    from pathlib import Path
+
+    from entropo.reproduce import runner
+    from entropo.reproduce.experiments import Arm
+
+    monkeypatch.setitem(runner.ARMS, "grpo_ckpt", Arm("demo", ["checkpoint.every=1"], "GRPO, checkpoints"))
+    cfg = runner.SuiteConfig(seeds=1, steps=2, eval_size=4, eval_n=2, overrides=TINY, cache_warmup=False)
+    assert cfg.checkpoint_every == 0
+    monkeypatch.setattr(runner.ckpt, "latest", lambda d: Path(d) / "checkpoints" / "step_000001")
+    resumed = []
+
+    def fake_train(recipe, run_dir, console, resume, **kw):
+        resumed.append(resume)
+        return {"steps": 1}
+
+    for arm in ("grpo_ckpt", "grpo"):
+        run_dir = tmp_path / "runs" / arm / "seed0"
+        run_dir.mkdir(parents=True)
+        (run_dir / "repro_recipe.started").write_text(
+            runner.recipe_fingerprint(runner.arm_recipe(arm, 0, cfg), cfg.threads))
+        (run_dir / "marker").write_text("kept only by a resume")
+        assert runner.run_arm(arm, 0, cfg, tmp_path, lambda *_: None, train_fn=fake_train) is None
+    assert resumed == [True, False]
+    assert (tmp_path / "runs" / "grpo_ckpt" / "seed0" / "marker").exists()
+    assert not (tmp_path / "runs" / "grpo" / "seed0" / "marker").exists()

@@ -152,7 +152,8 @@ def is_reusable(arm_name: str, seed: int, cfg: SuiteConfig, out_dir: Path) -> bo
 def run_arm(arm_name: str, seed: int, cfg: SuiteConfig, out_dir: Path, console: Callable[[str], None],
             train_fn: Callable | None = None, deadline: float | None = None) -> Path | None:
     """Run (or reuse, or resume) one arm at one seed; returns its run directory, or None when ``deadline`` (a
-    ``time.time()`` value; needs ``cfg.checkpoint_every``) stopped it at a checkpoint before its last step."""
+    ``time.time()`` value; needs checkpoints: ``cfg.checkpoint_every`` or the arm's ``checkpoint.every``) stopped it
+    at a checkpoint before its last step."""
     if train_fn is None:
         from entropo.trainer import train as train_fn
     run_dir = out_dir / "runs" / arm_name / f"seed{seed}"
@@ -163,7 +164,10 @@ def run_arm(arm_name: str, seed: int, cfg: SuiteConfig, out_dir: Path, console: 
         console(f"  {arm_name} seed {seed}: reusing {run_dir}")
         return run_dir
     fingerprint = recipe_fingerprint(recipe, cfg.threads)
-    resume = (cfg.checkpoint_every > 0 and started_file.exists() and started_file.read_text() == fingerprint
+    # the arm's own recipe decides (an arm may checkpoint when the suite does not, e.g. a long SmolLM2 arm): a
+    # killed call then goes on from the newest checkpoint instead of starting the run over
+    checkpoints = recipe.checkpoint.every > 0
+    resume = (checkpoints and started_file.exists() and started_file.read_text() == fingerprint
               and ckpt.latest(run_dir) is not None)
     if run_dir.exists() and not resume:
         if started_file.exists() and started_file.read_text() != fingerprint and ckpt.latest(run_dir) is not None:
@@ -176,7 +180,7 @@ def run_arm(arm_name: str, seed: int, cfg: SuiteConfig, out_dir: Path, console: 
     run_dir.mkdir(parents=True, exist_ok=True)
     started_file.write_text(fingerprint)
     t0 = time.perf_counter()
-    kw = {"deadline": deadline} if deadline is not None and cfg.checkpoint_every > 0 else {}
+    kw = {"deadline": deadline} if deadline is not None and checkpoints else {}
     summary = train_fn(recipe, run_dir=run_dir, console=lambda *_: None, resume=resume, **kw)
     verb = "resumed and ran" if resume else "ran"
     if not is_finished(run_dir):
