@@ -29,9 +29,10 @@ S2 = ["model.name_or_path=smollm2-135m-instruct", "warmup.steps=16", "warmup.bat
       "eval.every=0", "checkpoint.every=2"]
 ARMS.update({
     "loop_s2": Arm("loop", S2, "SmolLM2: LOOP (rloo without std, reciprocal clip, |A| filter, KL stop)"),
-    "loop_s2_sft": Arm("loop", [*S2, "train.steps=0", "eval.every=0"], "SmolLM2: the SFT-warmed model, no RL step"),
+    "loop_s2_sft": Arm("loop", [*S2, "train.steps=0"], "SmolLM2: the SFT-warmed model, no RL step"),
     "loop_s2_grpo_std": Arm("loop", [*S2, "advantage={name: grpo}"], "SmolLM2: as LOOP but GRPO's std advantage"),
 })
+CURVES = ["accuracy", "entropy/mean", "episode/tool_calls_mean", "selection/dropped_frac"]
 
 EXPERIMENTS = [
     Experiment(
@@ -41,7 +42,7 @@ EXPERIMENTS = [
         "on AppWorld).",
         ["loop_sft", "loop", "loop_grpo_std"],
         [Compare("eval_accuracy", "loop", "loop_sft"), Compare("eval_accuracy", "loop", "loop_grpo_std")],
-        curves=["accuracy", "entropy/mean", "episode/tool_calls_mean", "selection/dropped_frac"],
+        curves=CURVES,
         suite="agents",
         steps=40,
         note="Held-out success = the environment's verdict on the final store state, eval.n samples per held-out goal "
@@ -57,7 +58,7 @@ EXPERIMENTS = [
         "std-normalized GRPO advantage does worse.",
         ["loop_s2_sft", "loop_s2", "loop_s2_grpo_std"],
         [Compare("eval_accuracy", "loop_s2", "loop_s2_sft"), Compare("eval_accuracy", "loop_s2", "loop_s2_grpo_std")],
-        curves=["accuracy", "entropy/mean", "episode/tool_calls_mean", "selection/dropped_frac"],
+        curves=CURVES,
         suite="agents",
         steps=12,
         note="SmolLM2-135M-Instruct, 16 SFT steps of 4 worked episodes (lr 1e-4), 12 RL steps of 4 goals x 6 "
