@@ -218,3 +218,21 @@ def test_tree_branches_reuse_their_roots_kv(world):
     root_prefill = sum(len(p) for p in prompts)
     assert plain.kv_stats["prefilled_tokens"] == root_prefill + sum(len(c) for chunk in chunks for c in chunk)
     assert fast.kv_stats["prefilled_tokens"] == root_prefill + sum(len(chunk) for chunk in chunks)
+
+
+@pytest.mark.parametrize("engine_kw", [REFERENCE, STATIC_ONLY, FAST])
+def test_turn_sampler_called_directly_builds_no_autograd_graph(world, engine_kw):
+    """Tree decoding and search call ``turn_sampler`` outside ``generate`` (grad mode on): the log-probs and
+    entropies it returns must not hold the decode's autograd graph (it kept every step's activations alive: ~0.1 GB
+    per SmolLM2 row until the episode records were freed, an OOM for a 288-row tree level)."""
+    model, tok = world
+    assert torch.is_grad_enabled()
+    sampler = HFEngine(model, tok, max_batch_size=2, **engine_kw).turn_sampler(1.0, 1.0, torch.Generator().manual_seed(3))
+    contexts = [tok.encode(p, add_special_tokens=False) for p in RAGGED]
+    out = sampler(contexts, 5, [])
+    assert len(out) == len(RAGGED)
+    for ids, logprobs, entropies, _ in out:
+        assert len(ids) == len(logprobs) == len(entropies) >= 1
+        assert logprobs.grad_fn is None and not logprobs.requires_grad
+        assert entropies.grad_fn is None and not entropies.requires_grad
+    assert torch.is_grad_enabled()  # the caller's grad mode is left as it was

@@ -311,7 +311,9 @@ class HFEngine:
 
         def sample_turn(contexts: list[list[int]], budget: int, stops: list[str]):
             out = []
-            with self.prefix_kv_scope(store, force=True):
+            # no_grad here too, not only in ``generate``: callers that drive the sampler themselves (tree decoding,
+            # search) would otherwise get log-probs that hold every decode step's graph (~0.1 GB per SmolLM2 row)
+            with torch.no_grad(), self.prefix_kv_scope(store, force=True):
                 generation = store.new_generation() if store else 0
                 for start in range(0, len(contexts), self.max_batch_size):
                     ids, lps, ents, why = self._generate_micro_batch(contexts[start:start + self.max_batch_size],
