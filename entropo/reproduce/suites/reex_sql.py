@@ -70,7 +70,9 @@ def decode_comparison(engine, examples, environment, limits, seed: int, branches
     return {"greedy": summarize(greedy), "paths_vote": summarize(paths), "tree_vote": summarize(tree)}
 
 
-def run(cfg, out_dir: Path, console, scale: list[str] = SCALE, label: str = "reex_sql") -> CustomResult:
+def run_seed(cfg, seed: int, out_dir: Path, console, scale: list[str] = SCALE, label: str = "reex_sql") -> dict:
+    """One seed of the experiment: train (SFT warm-up, then GRPO) into ``out_dir/seed<k>/train`` and compare the
+    three decodings with its final model; returns the seed's row (reused when ``summary.json`` exists)."""
     from entropo import checkpoint as ckpt
     from entropo.api import load_recipe
     from entropo.models import load as load_model
@@ -78,47 +80,49 @@ def run(cfg, out_dir: Path, console, scale: list[str] = SCALE, label: str = "ree
     from entropo.rollout.hf import HFEngine
     from entropo.trainer import episode_limits, make_environment, make_task, train
 
+    overrides = [f"seed={seed}", f"train.steps={cfg.steps}", f"eval.max_prompts={min(cfg.eval_size, EVAL_PROMPTS)}",
+                 "checkpoint.every=0", "checkpoint.keep=1", *scale, "eval.n=1",
+                 "eval.k=[1]", "eval.temperature=0.0", "eval.every=0", "logging.progress=false",
+                 "logging.tensorboard=false", "logging.plots=false", *cfg.overrides]
+    recipe = load_recipe(RECIPES / "reex_sql.yaml", overrides)
+    run_dir = out_dir / f"seed{seed}"
+    summary_file = run_dir / "summary.json"
+    if summary_file.exists():
+        summary = json.loads(summary_file.read_text())
+        console(f"  {label} seed {seed}: reusing {run_dir}")
+    else:
+        # A run that checkpoints (scale's checkpoint.every) resumes where a killed call left it, if its recipe
+        # and thread count are the ones it was started with.
+        fingerprint = recipe_fingerprint(recipe, cfg.threads)
+        started = run_dir / "started"
+        resume = (started.exists() and started.read_text() == fingerprint
+                  and ckpt.latest(run_dir / "train") is not None)
+        if run_dir.exists() and not resume:
+            shutil.rmtree(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        started.write_text(fingerprint)
+        summary = train(recipe, run_dir=run_dir / "train", resume=resume, console=lambda *_: None)
+        model, tokenizer = load_model(summary["final_model"])
+        model.eval()
+        engine = HFEngine(model, tokenizer, max_batch_size=recipe.rollout.max_batch_size)
+        task = make_task(recipe.task, recipe.seed, recipe.task.eval_size, "task")
+        examples = task.eval_examples()[: recipe.eval.max_prompts]
+        summary["decode"] = decode_comparison(engine, examples, make_environment(recipe), episode_limits(recipe),
+                                              seed)
+        summary_file.write_text(json.dumps(summary, indent=1, default=str))
+    row = {"seed": seed, "sft": summary["eval_start"]["accuracy"], "rl": summary["eval_end"]["accuracy"],
+           **{f"{k}_acc": v["accuracy"] for k, v in summary["decode"].items()},
+           **{f"{k}_tokens": v["tokens_mean"] for k, v in summary["decode"].items()},
+           **{f"{k}_leaves": v["leaves_mean"] for k, v in summary["decode"].items()}}
+    console(f"  {label} seed {seed}: SFT {row['sft']:.3f} -> RL {row['rl']:.3f}; greedy {row['greedy_acc']:.3f}, "
+            f"paths+vote {row['paths_vote_acc']:.3f} ({row['paths_vote_tokens']:.0f} tok), tree+vote "
+            f"{row['tree_vote_acc']:.3f} ({row['tree_vote_tokens']:.0f} tok)")
+    return row
+
+
+def run(cfg, out_dir: Path, console, scale: list[str] = SCALE, label: str = "reex_sql") -> CustomResult:
     out_dir.mkdir(parents=True, exist_ok=True)
-    per_seed = []
-    for seed in range(cfg.seeds):
-        overrides = [f"seed={seed}", f"train.steps={cfg.steps}", f"eval.max_prompts={min(cfg.eval_size, EVAL_PROMPTS)}",
-                     "checkpoint.every=0", "checkpoint.keep=1", *scale, "eval.n=1",
-                     "eval.k=[1]", "eval.temperature=0.0", "eval.every=0", "logging.progress=false",
-                     "logging.tensorboard=false", "logging.plots=false", *cfg.overrides]
-        recipe = load_recipe(RECIPES / "reex_sql.yaml", overrides)
-        run_dir = out_dir / f"seed{seed}"
-        summary_file = run_dir / "summary.json"
-        if summary_file.exists():
-            summary = json.loads(summary_file.read_text())
-            console(f"  {label} seed {seed}: reusing {run_dir}")
-        else:
-            # A run that checkpoints (scale's checkpoint.every) resumes where a killed call left it, if its recipe
-            # and thread count are the ones it was started with.
-            fingerprint = recipe_fingerprint(recipe, cfg.threads)
-            started = run_dir / "started"
-            resume = (started.exists() and started.read_text() == fingerprint
-                      and ckpt.latest(run_dir / "train") is not None)
-            if run_dir.exists() and not resume:
-                shutil.rmtree(run_dir)
-            run_dir.mkdir(parents=True, exist_ok=True)
-            started.write_text(fingerprint)
-            summary = train(recipe, run_dir=run_dir / "train", resume=resume, console=lambda *_: None)
-            model, tokenizer = load_model(summary["final_model"])
-            model.eval()
-            engine = HFEngine(model, tokenizer, max_batch_size=recipe.rollout.max_batch_size)
-            task = make_task(recipe.task, recipe.seed, recipe.task.eval_size, "task")
-            examples = task.eval_examples()[: recipe.eval.max_prompts]
-            summary["decode"] = decode_comparison(engine, examples, make_environment(recipe), episode_limits(recipe),
-                                                  seed)
-            summary_file.write_text(json.dumps(summary, indent=1, default=str))
-        row = {"seed": seed, "sft": summary["eval_start"]["accuracy"], "rl": summary["eval_end"]["accuracy"],
-               **{f"{k}_acc": v["accuracy"] for k, v in summary["decode"].items()},
-               **{f"{k}_tokens": v["tokens_mean"] for k, v in summary["decode"].items()},
-               **{f"{k}_leaves": v["leaves_mean"] for k, v in summary["decode"].items()}}
-        per_seed.append(row)
-        console(f"  {label} seed {seed}: SFT {row['sft']:.3f} -> RL {row['rl']:.3f}; greedy {row['greedy_acc']:.3f}, "
-                f"paths+vote {row['paths_vote_acc']:.3f} ({row['paths_vote_tokens']:.0f} tok), tree+vote "
-                f"{row['tree_vote_acc']:.3f} ({row['tree_vote_tokens']:.0f} tok)")
+    per_seed = [run_seed(cfg, seed, out_dir, console, scale, label) for seed in range(cfg.seeds)]
     col = lambda k: [r[k] for r in per_seed]  # noqa: E731
     checks = [
         _paired("held-out execution accuracy (greedy): RL > SFT-only start", col("rl"), col("sft")),
