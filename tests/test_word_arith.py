@@ -8,7 +8,7 @@ import pytest
 
 from entropo import registry
 from entropo.envs.python_tool import PythonTool
-from entropo.tasks.word_arith import NAMES, TEMPLATES, WordArithTask, gold_value, word_arith
+from entropo.tasks.word_arith import DISTRACTORS, NAMES, TEMPLATES, WordArithTask, gold_value, word_arith
 from entropo.types import Example
 
 # (template, (a, b, c), question fragment, expression, answer) worked by hand
@@ -35,7 +35,7 @@ def task() -> WordArithTask:
 
 @pytest.mark.parametrize("name,numbers,fragment,expr,answer", HAND)
 def test_every_story_has_its_hand_computed_expression_and_answer(task, name, numbers, fragment, expr, answer):
-    ex = task._example((name, numbers, 0), "eval", 0)
+    ex = task._example((name, numbers, 0, 41), "eval", 0)
     question = ex.prompt[-1]["content"]
     assert fragment in question and question.endswith("?")
     assert ex.meta["expr"] == expr and ex.answer == str(answer) and gold_value(name, *numbers) == answer
@@ -110,3 +110,18 @@ def test_python_tool_demonstration_computes_the_expression_in_the_sandbox(task):
         assert step.tool_call and step.observation == ex.answer == demo[1]["content"]
         assert task.correct(demo[2]["content"], ex)
     assert isinstance(ex, Example)
+
+
+def test_distractors_add_one_unused_number_and_keep_the_problem():
+    plain, noisy = word_arith(seed=5, eval_size=32), word_arith(seed=5, eval_size=32, distractors=True)
+    for p, n in zip(plain.eval_examples(), noisy.eval_examples()):
+        assert (p.meta["expr"], p.answer) == (n.meta["expr"], n.answer)  # the same problems, the same answers
+        q_plain, q_noisy = p.prompt[-1]["content"], n.prompt[-1]["content"]
+        d = n.meta["distractor"]
+        assert p.meta["distractor"] is None and 10 <= d <= 99
+        first, rest = q_plain.split(". ", 1)
+        assert q_noisy == f"{first}. {DISTRACTORS[n.meta['template']].format(d=d)} {rest}"
+    ex = noisy._example(("crates", (37, 24, 158), 0, 41), "eval", 0)
+    assert ex.prompt[-1]["content"] == ("A crate holds 37 bottles. Each bottle costs 41 cents. A shop receives 24 "
+                                        "crates and sells 158 bottles. How many bottles does the shop have left?")
+    assert ex.answer == "730"

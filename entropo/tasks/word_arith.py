@@ -87,6 +87,13 @@ TEMPLATES: dict[str, tuple[str, str, Draw]] = {
              "each class get?", "{a}*{b}//{c}", _share),
 }
 
+# With ``distractors``: one sentence with a number the answer does not use, after the story's first sentence (the
+# model must choose which numbers to compute with, as in GSM-style problems).
+DISTRACTORS = {"crates": "Each bottle costs {d} cents.", "reading": "The book has {d} chapters.",
+               "bus": "The bus is {d} minutes late.", "change": "The show lasts {d} minutes.",
+               "teams": "The school has {d} teachers.", "orchard": "Each tree is {d} years old.",
+               "tank": "The tank is {d} years old.", "pens": "Each pen costs {d} cents."}
+
 DEFAULT_TEMPLATE = "{question}"
 
 
@@ -101,7 +108,7 @@ class WordArithTask(GeneratedTask):
     """Two-step arithmetic word problems. Build it with the registered factory ``word_arith``."""
 
     def __init__(self, seed: int, eval_size: int, digits: int, templates: list[str], template: str, chat: bool,
-                 train_size: int, system_prompt: str | None):
+                 train_size: int, system_prompt: str | None, distractors: bool = False):
         self.name = "word_arith"
         self.seed = seed
         self.digits = digits
@@ -109,6 +116,7 @@ class WordArithTask(GeneratedTask):
         self.template = template
         self.chat = chat
         self.system_prompt = system_prompt
+        self.distractors = bool(distractors)
         self._train_size = train_size
         self._lo, self._hi = max(2, 10 ** (digits - 1)), 10 ** digits - 1
         self._draw_eval(eval_size)
@@ -117,24 +125,28 @@ class WordArithTask(GeneratedTask):
     def _key(p):
         return p[0], p[1]
 
-    def _draw(self, rng: random.Random) -> tuple[str, tuple[int, int, int], int]:
+    def _draw(self, rng: random.Random) -> tuple[str, tuple[int, int, int], int, int]:
         name = rng.choice(self.templates)
         draw = TEMPLATES[name][2]
         for _ in range(1000):
             numbers = draw(rng, self._lo, self._hi)
             if numbers is not None:
-                return name, numbers, rng.randrange(len(NAMES))
+                return name, numbers, rng.randrange(len(NAMES)), rng.randint(self._lo, self._hi)
         raise ValueError(f"word_arith: no valid numbers found for template {name!r} at digits={self.digits}")
 
     def _example(self, p, split: str, index: int) -> Example:
-        name, (a, b, c), who = p
+        name, (a, b, c), who, d = p
         story, expr, _ = TEMPLATES[name]
-        question = story.format(a=a, b=b, c=c, name=NAMES[who])
+        if self.distractors:  # after the first sentence
+            first, rest = story.split(". ", 1)
+            story = f"{first}. {DISTRACTORS[name]} {rest}"
+        question = story.format(a=a, b=b, c=c, d=d, name=NAMES[who])
         expr = expr.format(a=a, b=b, c=c)
         answer = str(gold_value(name, a, b, c))
         return Example(prompt=make_prompt(self.template.format(question=question), self.chat, self.system_prompt),
                        answer=answer, target=f"{expr}={answer}",
                        meta={"task": self.name, "template": name, "numbers": [a, b, c], "expr": expr,
+                             "distractor": d if self.distractors else None,
                              "difficulty": self.digits, "split": split, "index": index})
 
     def correct(self, completion: str, example: Example) -> bool:
@@ -145,10 +157,11 @@ class WordArithTask(GeneratedTask):
 @strict_params("word_arith")
 def word_arith(seed: int, eval_size: int = 64, *, digits: int = 2, templates: list[str] | None = None,
                template: str = DEFAULT_TEMPLATE, chat: bool = True, train_size: int = 100_000,
-               system_prompt: str | None = None) -> WordArithTask:
+               system_prompt: str | None = None, distractors: bool = False) -> WordArithTask:
     """``digits`` 1..4 (the size of every number in the story), ``templates`` (a subset of the story names:
     crates, reading, bus, change, teams, orchard, tank, pens; default all), ``template`` (the prompt, with
-    ``{question}``), ``chat``, ``train_size``, ``system_prompt``."""
+    ``{question}``), ``chat``, ``train_size``, ``system_prompt``, ``distractors`` (add a sentence with a number
+    the answer does not use)."""
     if not isinstance(digits, int) or not 1 <= digits <= 4:
         raise ValueError(f"word_arith: digits must be an integer in 1..4, got {digits!r}")
     templates = list(TEMPLATES) if templates is None else list(templates)
@@ -158,4 +171,4 @@ def word_arith(seed: int, eval_size: int = 64, *, digits: int = 2, templates: li
                          f"got unknown {unknown or 'none (empty list)'}")
     if "{question}" not in template:
         raise ValueError(f"word_arith: template must contain {{question}}, got {template!r}")
-    return WordArithTask(seed, eval_size, digits, templates, template, chat, train_size, system_prompt)
+    return WordArithTask(seed, eval_size, digits, templates, template, chat, train_size, system_prompt, distractors)
