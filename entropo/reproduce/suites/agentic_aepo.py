@@ -33,10 +33,11 @@ EVAL = ["eval.every=0", "eval.max_prompts=64"]  # start and end only: the held-o
 
 # SmolLM2-135M-Instruct (``agentic_aepo_smollm2``): on ``tir_tiny``'s task (the prompt is the expression) it solved 32
 # of 32 held-out problems after 16 SFT steps, so no group had a reward difference; ``word_arith`` makes it write the
-# expression from a two-step word problem first. Both arms: the same task, warm-up, sizes and learning rate.
+# expression from a two-step word problem first: 0.875 greedy held-out after 16 SFT steps on the plain stories, 0.750
+# with a distractor number in each (one-seed probes), hence distractors. Both arms: the same task, warm-up, sizes, lr.
 BASE_S2, AEPO_S2 = "agentic_aepo_s2_grpo", "agentic_aepo_s2"
-WORD_TASK = ("task.params={chat: true, template: \"{question} Compute it with Python in <py></py>, then reply with "
-             "the number.\"}")
+WORD_TASK = ("task.params={chat: true, distractors: true, template: \"{question} Compute it with Python in <py></py>, "
+             "then reply with the number.\"}")
 SCALE_S2 = ["model.name_or_path=smollm2-135m-instruct", "task.name=word_arith", WORD_TASK, "warmup.steps=16",
             "warmup.batch_size=4", "warmup.lr=1.0e-4", "rollout.prompts_per_step=4", "rollout.max_new_tokens=40",
             "rollout.max_episode_tokens=120", "optimizer.lr=2.0e-5", "train.micro_batch_size=16", "checkpoint.every=2",
@@ -145,7 +146,7 @@ EXPERIMENTS: list[Experiment] = [
         "The claim of agentic_aepo on a real model and a tool task it is not at the ceiling of: at the same rollout "
         "budget, higher pass@k than GRPO with a steadier entropy.",
         [], [], kind="custom", run=partial(run, base=BASE_S2, aepo=AEPO_S2), suite="agents", steps=8,
-        note="SmolLM2-135M-Instruct on word_arith (the model writes the expression of a two-step word problem, the "
+        note="SmolLM2-135M-Instruct on word_arith with distractors (the model writes the expression of a two-step word problem, the "
              "sandboxed Python tool computes it), 16 SFT steps of 4 demonstrations (lr 1e-4), then 8 steps of 4 "
              "questions x 8 trajectories at lr 2e-5, 2 mini-batches per step. Held-out: 64 unseen problems x 8 "
              "samples at T = 1, at the start and end. Reduced from the paper: a 135M model instead of Qwen3-8B/14B, "
