@@ -334,10 +334,15 @@ def write_report(out_dir: Path, experiments: list[Experiment], runs: dict[str, l
     summary["runs_step_s"] = run_s
     counts = {v: sum(e["verdict"] == v for e in summary["experiments"].values()) for v in (HELD, NOT_HELD, INCONCLUSIVE)}
     every = getattr(cfg, "eval_every", None)
-    when = (f"every {max(1, cfg.steps // 4)} steps and at the end" if every is None
+    # experiments with their own scale (steps; a custom one's evaluation) state it in their note
+    steps = sorted({c.steps for c in (configs or {}).values()}) or [cfg.steps]
+    when = (f"every {max(1, steps[0] // 4)} steps and at the end" if every is None and len(steps) == 1
+            else "during the runs and at the end" if every is None
             else "at the start and the end" if every == 0 else f"every {every} steps and at the end")
-    scale = (f"Scale: {cfg.seeds} seed(s) per arm, {cfg.steps} RL steps, held-out eval on {cfg.eval_size} prompts × "
-             f"{cfg.eval_n} samples at T = 1 (pass@1, pass@{cfg.eval_n}), {when}."
+    steps_text = f"{steps[0]} RL steps" if len(steps) == 1 else f"{', '.join(map(str, steps))} RL steps (per experiment)"
+    scale = (f"Scale: {cfg.seeds} seed(s) per arm, {steps_text}, held-out eval on {cfg.eval_size} prompts × "
+             f"{cfg.eval_n} samples at T = 1 (pass@1, pass@{cfg.eval_n}), {when}, unless an experiment's note says "
+             "otherwise."
              + (f" Overrides on every arm: {', '.join(f'`{o}`' for o in cfg.overrides)}." if cfg.overrides else ""))
     rule = ("Each verdict comes from the rule stated in its check, applied to per-seed numbers paired by seed (arm "
             "and baseline of a seed start from the same warmed-up model). *held*: every seed shows the claimed effect; "
