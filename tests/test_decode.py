@@ -227,7 +227,8 @@ def test_turn_sampler_called_directly_builds_no_autograd_graph(world, engine_kw)
     per SmolLM2 row until the episode records were freed, an OOM for a 288-row tree level)."""
     model, tok = world
     assert torch.is_grad_enabled()
-    sampler = HFEngine(model, tok, max_batch_size=2, **engine_kw).turn_sampler(1.0, 1.0, torch.Generator().manual_seed(3))
+    engine = HFEngine(model, tok, max_batch_size=2, **engine_kw)
+    sampler = engine.turn_sampler(1.0, 1.0, torch.Generator().manual_seed(3))
     contexts = [tok.encode(p, add_special_tokens=False) for p in RAGGED]
     out = sampler(contexts, 5, [])
     assert len(out) == len(RAGGED)

@@ -8,7 +8,8 @@ the prompt *is* the expression, so a model that copies it into the tool is alway
 
 Eight story templates, each with its own shape of expression (``a*b-c``, ``a*b+c``, ``a-b+c``, ``c-a*b``,
 ``a//b+c``, ``(a+c)*b``, ``a-b*c``, ``a*b//c``); numbers have ``digits`` digits (2: 10..99, never below 2; the
-tickets bought and the hours of leaking are counts of 2..10**(digits-1)-1), and every answer is a non-negative integer (subtractions stay non-negative, divisions are exact by construction).
+tickets bought and the hours of leaking are counts of 2..10**(digits-1)-1), and every answer is a non-negative
+integer (subtractions stay non-negative, divisions are exact by construction).
 ``Example.meta["expr"]`` holds the gold expression (the Python tool environment's SFT demonstration computes it with
 the tool, then answers), ``meta["template"]`` the story's name. Verifier: the last number of the completion equals the
 answer (that of ``arithmetic``).
@@ -20,10 +21,16 @@ stream, train draws that equal an eval problem (same template and numbers) redra
 from __future__ import annotations
 
 import random
-from typing import Callable
+from collections.abc import Callable
 
 from entropo.registry import register
-from entropo.tasks.base import GeneratedTask, extract_last_number, make_prompt, numbers_equal, strict_params
+from entropo.tasks.base import (
+    GeneratedTask,
+    extract_last_number,
+    make_prompt,
+    numbers_equal,
+    strict_params,
+)
 from entropo.types import Example
 
 NAMES = ("Ava", "Ben", "Chen", "Dana", "Eli", "Fatima", "Goran", "Hana", "Ivan", "Jun", "Kofi", "Lena")
@@ -69,22 +76,22 @@ def _share(rng, lo, hi):  # c divides a*b
 
 
 TEMPLATES: dict[str, tuple[str, str, Draw]] = {
-    "crates": ("A crate holds {a} bottles. A shop receives {b} crates and sells {c} bottles. How many bottles does "
-               "the shop have left?", "{a}*{b}-{c}", _c_below_ab),
-    "reading": ("{name} reads {a} pages every day for {b} days, then {c} more pages. How many pages has {name} read "
-                "in total?", "{a}*{b}+{c}", lambda rng, lo, hi: _free(rng, lo, hi)),
-    "bus": ("A bus leaves with {a} passengers. At the first stop {b} passengers get off and {c} get on. How many "
-            "passengers are on the bus now?", "{a}-{b}+{c}", _b_at_most_a),
-    "change": ("A ticket costs {a} dollars. {name} buys {b} tickets and pays with {c} dollars. How many dollars of "
-               "change does {name} get?", "{c}-{a}*{b}", _change),
-    "teams": ("{a} students are split equally into {b} teams, and then each team gets {c} new members. How many "
-              "students are in each team now?", "{a}//{b}+{c}", _teams),
-    "orchard": ("A farmer plants {a} rows of {b} trees, and later {c} more rows of the same size. How many trees "
-                "has the farmer planted?", "({a}+{c})*{b}", lambda rng, lo, hi: _free(rng, lo, hi)),
-    "tank": ("A tank holds {a} liters of water. It leaks {b} liters every hour for {c} hours. How many liters are "
-             "left in the tank?", "{a}-{b}*{c}", _leak),
-    "pens": ("Each box holds {a} pens. {b} boxes of pens are shared equally among {c} classes. How many pens does "
-             "each class get?", "{a}*{b}//{c}", _share),
+    "crates": (("A crate holds {a} bottles. A shop receives {b} crates and sells {c} bottles. How many bottles does "
+                "the shop have left?"), "{a}*{b}-{c}", _c_below_ab),
+    "reading": (("{name} reads {a} pages every day for {b} days, then {c} more pages. How many pages has {name} read "
+                 "in total?"), "{a}*{b}+{c}", lambda rng, lo, hi: _free(rng, lo, hi)),
+    "bus": (("A bus leaves with {a} passengers. At the first stop {b} passengers get off and {c} get on. How many "
+             "passengers are on the bus now?"), "{a}-{b}+{c}", _b_at_most_a),
+    "change": (("A ticket costs {a} dollars. {name} buys {b} tickets and pays with {c} dollars. How many dollars of "
+                "change does {name} get?"), "{c}-{a}*{b}", _change),
+    "teams": (("{a} students are split equally into {b} teams, and then each team gets {c} new members. How many "
+               "students are in each team now?"), "{a}//{b}+{c}", _teams),
+    "orchard": (("A farmer plants {a} rows of {b} trees, and later {c} more rows of the same size. How many trees "
+                 "has the farmer planted?"), "({a}+{c})*{b}", lambda rng, lo, hi: _free(rng, lo, hi)),
+    "tank": (("A tank holds {a} liters of water. It leaks {b} liters every hour for {c} hours. How many liters are "
+              "left in the tank?"), "{a}-{b}*{c}", _leak),
+    "pens": (("Each box holds {a} pens. {b} boxes of pens are shared equally among {c} classes. How many pens does "
+              "each class get?"), "{a}*{b}//{c}", _share),
 }
 
 # With ``distractors``: one sentence with a number the answer does not use, after the story's first sentence (the

@@ -141,15 +141,16 @@ EXPERIMENTS: list[Experiment] = [
         note="Held-out evaluation at the start and end only (64 prompts x 8 samples, T = 1). Token budget: AEPO "
              "samples fewer new tokens per trajectory (branches inherit their prefix) but pays a pre-monitoring "
              "episode per question; both are reported.",
-    ),    Experiment(
+    ),
+    Experiment(
         "agentic_aepo_smollm2", "Agentic AEPO vs GRPO on SmolLM2-135M (Python tool, two-step word problems)", PAPER,
         "The claim of agentic_aepo on a real model and a tool task it is not at the ceiling of: at the same rollout "
         "budget, higher pass@k than GRPO with a steadier entropy.",
         [], [], kind="custom", run=partial(run, base=BASE_S2, aepo=AEPO_S2), suite="agents", steps=8,
-        note="SmolLM2-135M-Instruct on word_arith with distractors (the model writes the expression of a two-step word problem, the "
-             "sandboxed Python tool computes it), 16 SFT steps of 4 demonstrations (lr 1e-4), then 8 steps of 4 "
-             "questions x 8 trajectories at lr 2e-5, 2 mini-batches per step. Held-out: 64 unseen problems x 8 "
-             "samples at T = 1, at the start and end. Reduced from the paper: a 135M model instead of Qwen3-8B/14B, "
+        note="SmolLM2-135M-Instruct on word_arith with distractors (the model writes the expression of a two-step "
+             "word problem, the sandboxed Python tool computes it), 16 SFT steps of 4 demonstrations (lr 1e-4), "
+             "then 8 steps of 4 questions x 8 trajectories at lr 2e-5, 2 mini-batches per step. Held-out: 64 unseen "
+             "problems x 8 samples at T = 1, at the start and end. Reduced from the paper: a 135M model instead of Qwen3-8B/14B, "
              "templated word problems instead of AIME/GPQA/web tasks, 8 steps.",
     ),
 ]
