@@ -151,6 +151,7 @@ EXPERIMENTS: list[Experiment] = [
              "word problem, the sandboxed Python tool computes it), 16 SFT steps of 4 demonstrations (lr 1e-4), "
              "then 8 steps of 4 questions x 8 trajectories at lr 2e-5, 2 mini-batches per step. Held-out: 64 unseen "
              "problems x 8 samples at T = 1, at the start and end. Reduced from the paper: a 135M model instead of "
-             "Qwen3-8B/14B, templated word problems instead of AIME/GPQA/web tasks, 8 steps.",
+             "Qwen3-14B, templated word problems with a Python tool instead of web-agent tasks (GAIA, HLE, "
+             "WebWalker), 8 steps.",
     ),
 ]
