@@ -339,7 +339,8 @@ def write_report(out_dir: Path, experiments: list[Experiment], runs: dict[str, l
     when = (f"every {max(1, steps[0] // 4)} steps and at the end" if every is None and len(steps) == 1
             else "during the runs and at the end" if every is None
             else "at the start and the end" if every == 0 else f"every {every} steps and at the end")
-    steps_text = f"{steps[0]} RL steps" if len(steps) == 1 else f"{', '.join(map(str, steps))} RL steps (per experiment)"
+    steps_text = (f"{steps[0]} RL steps" if len(steps) == 1
+                  else f"{', '.join(map(str, steps))} RL steps (per experiment)")
     scale = (f"Scale: {cfg.seeds} seed(s) per arm, {steps_text}, held-out eval on {cfg.eval_size} prompts × "
              f"{cfg.eval_n} samples at T = 1 (pass@1, pass@{cfg.eval_n}), {when}, unless an experiment's note says "
              "otherwise."
